@@ -1,0 +1,105 @@
+"""Optimizers: LARS (with the usual exclusions), SGD and AdamW, and their parameter groups."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal
+
+import torch
+from torch import nn
+
+OptimizerName = Literal["lars", "sgd", "adamw"]
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups: weights (decayed, LARS-adapted) and biases + normalization parameters (neither).
+
+    Biases and BatchNorm/LayerNorm parameters are every parameter with one dimension, as in SimCLR's
+    and BYOL's code (both exclude them from weight decay and from the LARS trust ratio).
+    Frozen parameters (a BYOL target network) are left out.
+    """
+    decayed, excluded = [], []
+    for parameter in model.parameters():
+        if not parameter.requires_grad:
+            continue
+        (excluded if parameter.ndim <= 1 else decayed).append(parameter)
+    return [
+        {"params": decayed, "weight_decay": weight_decay, "lars_exclude": False},
+        {"params": excluded, "weight_decay": 0.0, "lars_exclude": True},
+    ]
+
+
+class LARS(torch.optim.Optimizer):
+    r"""Layer-wise Adaptive Rate Scaling (You et al. 2017), as used by SimCLR and BYOL.
+
+    For each parameter w with gradient g (groups with ``lars_exclude=False``):
+
+    .. math::
+        g \leftarrow g + \lambda w, \quad
+        r = \eta \frac{\|w\|}{\|g\|}\ \text{(1 when either norm is 0)}, \quad
+        v \leftarrow \mu v + r\,g, \quad w \leftarrow w - \text{lr}\,v
+
+    where :math:`\|g\|` is taken after adding weight decay, so the denominator is the
+    :math:`\|\nabla\| + \lambda\|w\|` of the paper up to the triangle inequality, exactly as in
+    SimCLR's reference ``LARSOptimizer``. Groups with ``lars_exclude=True`` get plain momentum SGD
+    (r = 1) and should carry ``weight_decay=0`` (see :func:`parameter_groups`).
+
+    Args:
+        trust_coefficient: :math:`\eta` (0.001 in SimCLR and BYOL).
+        momentum: :math:`\mu` (0.9).
+    """
+
+    def __init__(self, params: Iterable, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
+                 trust_coefficient: float = 0.001) -> None:
+        if lr < 0:
+            raise ValueError(f"LARS: learning rate must be >= 0, got {lr}")
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
+                        trust_coefficient=trust_coefficient, lars_exclude=False)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            grads = [p.grad for p in params]
+            if group["weight_decay"] != 0:
+                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+            if not group["lars_exclude"]:
+                param_norms = torch._foreach_norm(params)
+                grad_norms = torch._foreach_norm(grads)
+                ratios = [
+                    torch.where((pn > 0) & (gn > 0), group["trust_coefficient"] * pn / gn, torch.ones_like(pn))
+                    for pn, gn in zip(param_norms, grad_norms)
+                ]
+                grads = torch._foreach_mul(grads, ratios)
+            buffers = []
+            for p, g in zip(params, grads):
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = g.clone()
+                else:
+                    state["momentum_buffer"].mul_(group["momentum"]).add_(g)
+                buffers.append(state["momentum_buffer"])
+            torch._foreach_add_(params, buffers, alpha=-group["lr"])
+        return loss
+
+
+def build_optimizer(name: OptimizerName, model: nn.Module, lr: float, weight_decay: float,
+                    momentum: float = 0.9) -> torch.optim.Optimizer:
+    """LARS, SGD (momentum, Nesterov off) or AdamW over :func:`parameter_groups` of ``model``."""
+    groups = parameter_groups(model, weight_decay)
+    if name == "lars":
+        return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    for group in groups:
+        group.pop("lars_exclude")
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; choose one of lars, sgd, adamw")

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from selfsup.eval.monitors import (
+    MONITOR_KEYS,
     alignment,
     collapse_warning,
     embedding_monitors,
@@ -188,6 +189,7 @@ def test_embedding_monitors_gathers_the_monitors() -> None:
     z1 = _random(16, 8, seed=4).float().requires_grad_()
     z2 = _random(16, 8, seed=5).float()
     metrics = embedding_monitors(z1, z2)
+    assert tuple(metrics) == MONITOR_KEYS
     assert metrics == pytest.approx({
         "normalized_std": normalized_std(z1),
         "rankme": rankme(z1),
@@ -198,6 +200,13 @@ def test_embedding_monitors_gathers_the_monitors() -> None:
     })
     assert all(type(value) is float for value in metrics.values())
     assert z1.grad is None
+
+
+def test_embedding_monitors_gives_nan_for_diverged_embeddings() -> None:
+    z = _random(8, 4)
+    metrics = embedding_monitors(z, torch.full_like(z, float("nan")))
+    assert set(metrics) == set(MONITOR_KEYS) and all(math.isnan(value) for value in metrics.values())
+    assert collapse_warning(metrics, dim=4) is None
 
 
 def test_collapse_warning_catches_dimensional_collapse() -> None:
@@ -227,6 +236,8 @@ def test_bad_input_raises_clear_errors() -> None:
     with pytest.raises(ValueError, match="all zero"):
         rankme(torch.zeros(4, 3))
     with pytest.raises(ValueError, match="NaN"):
-        embedding_monitors(z, torch.full_like(z, float("nan")))
+        normalized_std(torch.full_like(z, float("inf")))
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        embedding_monitors(z[:1], z[:1])
     with pytest.raises(ValueError, match="dim"):
         collapse_warning({}, dim=0)

@@ -166,6 +166,9 @@ def positive_negative_cosine(z1: torch.Tensor, z2: torch.Tensor) -> tuple[float,
     return positives.mean().item(), negatives.mean().item()
 
 
+MONITOR_KEYS = ("normalized_std", "rankme", "alignment", "uniformity", "positive_cosine", "negative_cosine")
+
+
 def embedding_monitors(z1: torch.Tensor, z2: torch.Tensor) -> dict[str, float]:
     """All monitors for one batch of two views, the keys the training loop logs.
 
@@ -174,9 +177,15 @@ def embedding_monitors(z1: torch.Tensor, z2: torch.Tensor) -> dict[str, float]:
     the views; ``uniformity`` (t = 2) is the mean of the two views' uniformity, as in Wang and Isola's
     training code; ``positive_cosine`` and ``negative_cosine`` come from :func:`positive_negative_cosine`.
 
+    Embeddings with a NaN or an infinity (a diverging step) give NaN for every monitor rather than an
+    error, so that logging never stops a run; the loss check is where divergence is handled.
+
     Shapes: (N, D), (N, D) with N >= 2 -> dict of floats.
     """
-    _check_pair("embedding_monitors", z1, z2, min_rows=2)
+    if z1.shape != z2.shape or z1.ndim != 2 or z1.shape[0] < 2:
+        _check_pair("embedding_monitors", z1, z2, min_rows=2)  # raises, naming the shapes
+    if not (torch.isfinite(z1).all() and torch.isfinite(z2).all()):
+        return dict.fromkeys(MONITOR_KEYS, math.nan)
     positive_cosine, negative_cosine = positive_negative_cosine(z1, z2)
     return {
         "normalized_std": normalized_std(z1),

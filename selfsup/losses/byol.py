@@ -28,6 +28,8 @@ class BYOLLoss(nn.Module):
                              f"and {tuple(z.shape)}")
         if p.shape[0] < 1:
             raise ValueError("BYOLLoss: the batch is empty (N = 0)")
+        # At least float32 under autocast; float64 input stays float64.
+        compute_dtype = torch.promote_types(p.dtype, torch.float32)
         with torch.autocast(device_type=p.device.type, enabled=False):
-            cosine = F.cosine_similarity(p.float(), z.float(), dim=1)
+            cosine = F.cosine_similarity(p.to(compute_dtype), z.to(compute_dtype), dim=1)
             return (2 - 2 * cosine).mean()

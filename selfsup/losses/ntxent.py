@@ -24,7 +24,8 @@ class NTXentLoss(nn.Module):
     per view.
 
     Shapes: ``z1, z2`` of shape (N, D), row n of ``z1`` and row n of ``z2`` a positive pair
-    -> scalar. Computed in float32 with log-sum-exp, also when called under bf16/fp16 autocast.
+    -> scalar. Computed in float32 (float64 for float64 input) with log-sum-exp, also when called
+    under bf16/fp16 autocast.
 
     Across processes (``gather_distributed=True`` and world size > 1) the negatives come from all
     ranks: each rank computes the loss of its own 2N views against the 2NW views of the global batch,
@@ -55,10 +56,12 @@ class NTXentLoss(nn.Module):
         if n < 1:
             raise ValueError("NTXentLoss: the batch is empty (N = 0); it needs at least one pair")
 
-        # float32 whatever autocast chose: exp(sim / 0.05) spans ~e^40, beyond fp16's range.
+        # At least float32 whatever autocast chose: exp(sim / 0.05) spans ~e^40, beyond fp16's range.
+        # float64 input stays float64 (gradcheck, references).
+        compute_dtype = torch.promote_types(z1.dtype, torch.float32)
         with torch.autocast(device_type=z1.device.type, enabled=False):
-            z1 = F.normalize(z1.float(), dim=1)
-            z2 = F.normalize(z2.float(), dim=1)
+            z1 = F.normalize(z1.to(compute_dtype), dim=1)
+            z2 = F.normalize(z2.to(compute_dtype), dim=1)
             local = torch.cat([z1, z2], dim=0)  # (2N, D), rows this rank computes the loss for
 
             if self.gather_distributed and dist.is_distributed():
@@ -75,5 +78,6 @@ class NTXentLoss(nn.Module):
             self_column = torch.where(rows < n, offset + view_in_half, half + offset + view_in_half)
             positive_column = torch.where(rows < n, half + offset + view_in_half, offset + view_in_half)
             # A view is never its own negative: drop the self-similarity from the denominator.
-            logits = logits.index_put((rows, self_column), torch.tensor(float("-inf"), device=z1.device))
+            minus_infinity = torch.tensor(float("-inf"), dtype=logits.dtype, device=z1.device)
+            logits = logits.index_put((rows, self_column), minus_infinity)
             return F.cross_entropy(logits, positive_column)

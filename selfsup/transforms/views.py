@@ -68,8 +68,11 @@ class ViewConfig:
 
     @property
     def blur_kernel_size(self) -> int:
-        """Odd kernel side of about 10% of the image side (SimCLR appendix A; BYOL's 23 px at 224 px)."""
-        return max(3, 2 * round(0.05 * self.crop_size) + 1)
+        """Odd kernel side of about 10% of the image side (SimCLR appendix A; BYOL's 23 px at 224 px).
+
+        As SimCLR's code (``data_util.random_blur``): ``side // 10`` made odd by ``2 * (k // 2) + 1``.
+        """
+        return max(3, 2 * (self.crop_size // 10 // 2) + 1)
 
 
 def simclr_view(image_size: int, strength: float = 1.0, mean=CIFAR10_MEAN, std=CIFAR10_STD,

@@ -91,3 +91,23 @@ def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
     value = value.detach().clone()
     torch_dist.all_reduce(value, op=torch_dist.ReduceOp.SUM)
     return value / world_size()
+
+
+def init_from_environment(device_type: str) -> bool:
+    """Join the process group that ``torchrun`` describes in the environment (RANK, WORLD_SIZE, ...).
+
+    Returns True when this process is one of several. NCCL on GPUs, gloo on CPUs.
+    """
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if not torch_dist.is_initialized():
+        torch_dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    return is_distributed()
+
+
+def local_rank() -> int:
+    import os
+
+    return int(os.environ.get("LOCAL_RANK", "0"))

@@ -1,0 +1,158 @@
+"""The ``selfsup`` command: pretrain, eval, export (and transfer, experiment).
+
+Settings come from a dataclass in :mod:`selfsup.config`: every field is a flag (``--batch-size``), a YAML
+recipe (``--config``) sets any of them, flags given on the command line win. Errors in settings or data
+are printed as one clear line, not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+from selfsup.config import ConfigError, EvalConfig, PretrainConfig, from_dict, load_yaml
+
+
+def _flag_parser(text: str, annotation: Any):
+    """Parse a command-line string for a field whose type is ``annotation``."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, __import__("types").UnionType):
+        if text.lower() in ("none", "null") and type(None) in args:
+            return None
+        annotation = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if annotation is bool:
+        if text.lower() in ("true", "1", "yes", "on"):
+            return True
+        if text.lower() in ("false", "0", "no", "off"):
+            return False
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    if annotation is int:
+        return int(text)
+    if annotation is float:
+        return float(text)
+    if origin is Literal:
+        return text
+    return text
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    hints = typing.get_type_hints(cls)
+    for config_field in dataclasses.fields(cls):
+        annotation = hints[config_field.name]
+        flag = "--" + config_field.name.replace("_", "-")
+        kwargs: dict[str, Any] = {"dest": config_field.name, "default": argparse.SUPPRESS,
+                                  "help": f"(default: {config_field.default})"}
+        choices = typing.get_args(annotation) if typing.get_origin(annotation) is Literal else None
+        if choices:
+            kwargs["choices"] = choices
+        if annotation is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        else:
+            parser.add_argument(flag, type=lambda text, a=annotation: _flag_parser(text, a), **kwargs)
+
+
+def _settings(args: argparse.Namespace, cls: type) -> Any:
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        values.update(load_yaml(args.config))
+    names = {f.name for f in dataclasses.fields(cls)}
+    values.update({k: v for k, v in vars(args).items() if k in names})
+    return from_dict(cls, values, source=args.config or "command line")
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    config = _settings(args, PretrainConfig)
+    if config.devices > 1 and "WORLD_SIZE" not in __import__("os").environ:
+        from selfsup.train.launch import launch_local
+
+        return launch_local(config.devices, sys.argv[1:])
+    from selfsup.train.loop import pretrain
+
+    result = pretrain(config, resume=args.resume)
+    print(f"done: {result.steps} steps; outputs in {result.out_dir}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    config = _settings(args, EvalConfig)
+    from selfsup.eval.run import run_evaluation
+
+    table = run_evaluation(config)
+    print(json.dumps({"knn_top1": table["knn_top1"], "linear_top1": table["linear_top1"]}))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from selfsup.eval.run import export_torchvision
+
+    path = export_torchvision(args.checkpoint, args.output)
+    print(f"wrote {path}: a torchvision state_dict (load with strict=False; only fc is missing)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="selfsup", description="Self-supervised pretraining (BYOL, SimCLR) "
+                                     "and evaluation of image encoders.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    pretrain = commands.add_parser("pretrain", help="pretrain an encoder; with no arguments: BYOL on the "
+                                   "embedded digits data, then the kNN / linear table")
+    pretrain.add_argument("--config", help="YAML recipe (see configs/); flags override it")
+    pretrain.add_argument("--resume", help="checkpoint to continue from, or 'auto' for the newest in OUT")
+    _add_config_flags(pretrain, PretrainConfig)
+    pretrain.set_defaults(func=_cmd_pretrain)
+
+    evaluate = commands.add_parser("eval", help="kNN and linear-probe accuracy of a pretrained encoder")
+    evaluate.add_argument("--config", help="YAML file of eval settings")
+    _add_config_flags(evaluate, EvalConfig)
+    evaluate.set_defaults(func=_cmd_eval)
+
+    export = commands.add_parser("export", help="write the backbone as a torchvision ResNet state_dict")
+    export.add_argument("--checkpoint", required=True, help="a pretraining checkpoint or backbone.pt")
+    export.add_argument("--output", required=True, help="where to write the state_dict (.pt)")
+    export.set_defaults(func=_cmd_export)
+
+    for module_name, adder in (("selfsup.eval.transfer_cli", "add_transfer_parser"),
+                               ("selfsup.experiments.cli", "add_experiment_parser")):
+        try:
+            module = __import__(module_name, fromlist=[adder])
+        except ImportError:
+            continue
+        getattr(module, adder)(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from selfsup.data.images import BadImageError
+    from selfsup.train.checkpoint import CheckpointError
+
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, BadImageError, CheckpointError, FileNotFoundError, ValueError) as error:
+        print(f"selfsup {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"selfsup {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        from selfsup.train.loop import NonFiniteLossError, TrainingInterrupted
+
+        if isinstance(error, TrainingInterrupted):
+            print(f"selfsup {args.command}: {error}", file=sys.stderr)
+            return 130
+        if isinstance(error, NonFiniteLossError):
+            print(f"selfsup {args.command}: error: {error}", file=sys.stderr)
+            return 3
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""The evaluation table: kNN and linear-probe top-1 of a backbone, beside random init and raw pixels."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from selfsup.data.datasets import ImageData
+from selfsup.eval.features import extract_features, pixel_features
+from selfsup.eval.knn import knn_accuracy
+from selfsup.eval.linear import linear_probe_accuracy
+
+
+def _reinitialized(backbone: nn.Module, seed: int) -> nn.Module:
+    fresh = copy.deepcopy(backbone)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in fresh.modules():
+            if module is not fresh and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    return fresh
+
+
+def evaluation_table(backbone: nn.Module, train: ImageData, test: ImageData, image_size: int, mean, std,
+                     knn_k: int = 200, knn_temperature: float = 0.1, linear_epochs: int = 100,
+                     baselines: bool = True, device: torch.device | str = "cpu", seed: int = 0,
+                     num_workers: int = 2, progress: bool = False,
+                     log: Callable[[str], None] = print) -> dict:
+    """Rows {"name", "knn_top1", "linear_top1"} for the backbone (and baselines), plus the top-level
+    ``knn_top1`` / ``linear_top1`` of the backbone itself."""
+    for split in (train, test):
+        if split.labels is None:
+            raise ValueError(f"evaluation needs labelled data; {split.name} has no labels (use an ImageFolder "
+                             "layout with one sub-folder per class)")
+    if train.num_classes < 2:
+        raise ValueError(f"evaluation needs at least 2 classes; {train.name} has {train.num_classes}")
+    num_classes = max(train.num_classes, int(test.labels.max()) + 1)
+    candidates: list[tuple[str, Callable[[ImageData], torch.Tensor]]] = [
+        ("pretrained", lambda d: extract_features(backbone, d, image_size, mean, std, device=device,
+                                                  num_workers=num_workers, progress=progress)),
+    ]
+    if baselines:
+        random_backbone = _reinitialized(backbone, seed).to(device)
+        candidates.append(("random init", lambda d: extract_features(random_backbone, d, image_size, mean, std,
+                                                                     device=device, num_workers=num_workers)))
+        if train.in_memory and test.in_memory:
+            candidates.append(("raw pixels", lambda d: pixel_features(d, image_size)))
+    rows = []
+    for name, features_of in candidates:
+        train_features, test_features = features_of(train), features_of(test)
+        knn = knn_accuracy(train_features, train.labels, test_features, test.labels, num_classes, knn_k,
+                           knn_temperature)
+        linear = linear_probe_accuracy(train_features, train.labels, test_features, test.labels, num_classes,
+                                       epochs=linear_epochs, seed=seed)
+        rows.append({"name": name, "knn_top1": round(knn, 2), "linear_top1": round(linear, 2),
+                     "feature_dim": int(train_features.shape[1])})
+        log(f"  {name:<12} kNN {knn:6.2f}   linear {linear:6.2f}")
+    return {"knn_top1": rows[0]["knn_top1"], "linear_top1": rows[0]["linear_top1"], "rows": rows,
+            "train_data": train.name, "test_data": test.name, "knn_k": knn_k,
+            "knn_temperature": knn_temperature, "linear_epochs": linear_epochs}
+
+
+def format_table(table: dict) -> str:
+    lines = [f"{'features':<14}{'kNN top-1':>10}{'linear top-1':>14}", "-" * 38]
+    lines += [f"{row['name']:<14}{row['knn_top1']:>10.2f}{row['linear_top1']:>14.2f}" for row in table["rows"]]
+    return "\n".join(lines)

@@ -1,0 +1,102 @@
+"""Checkpoints: written atomically, loaded without unpickling code, the last K kept."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read or is not one of ours; the message names the file."""
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one, never half.
+
+    A temporary file in the same folder is written, flushed to disk (fsync), then renamed over ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+    except OSError:
+        pass
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    """``torch.save`` to memory, then :func:`atomic_write_bytes`."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load with ``weights_only=True``: tensors and plain containers only, no code from the file runs.
+
+    Raises:
+        CheckpointError: missing, truncated or not a checkpoint, or carrying objects other than tensors
+            and plain Python values (for example a pickle that would run code).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(
+            f"refused to load {path}: it holds objects other than tensors and plain values, which could run "
+            f"code when unpickled. Only load checkpoints you trust. ({str(error).splitlines()[0]})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise CheckpointError(f"cannot read checkpoint {path}: it is truncated or not a PyTorch file ({error})") \
+            from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is not a selfsup checkpoint (expected a dict, got {type(state).__name__})")
+    return state
+
+
+_STEP_FILE = re.compile(r"^step_(\d+)\.pt$")
+
+
+def checkpoint_path(directory: str | Path, step: int) -> Path:
+    return Path(directory) / f"step_{step:09d}.pt"
+
+
+def list_checkpoints(directory: str | Path) -> list[Path]:
+    """Checkpoints in ``directory``, oldest first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _STEP_FILE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def prune_checkpoints(directory: str | Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` checkpoints."""
+    for old in list_checkpoints(directory)[:-keep]:
+        old.unlink(missing_ok=True)

@@ -1,0 +1,91 @@
+"""Backbones for transfer: from a selfsup checkpoint, a torchvision state dict, or random init; and
+saving results atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from selfsup.models.backbones import ResNetBackbone
+
+
+def _resnet_config_from_state_dict(state_dict: dict[str, torch.Tensor], path: Path) -> dict[str, Any]:
+    """Name, stem and width of the ResNet whose torchvision-named weights are ``state_dict``."""
+    if "conv1.weight" not in state_dict or "layer4.0.conv1.weight" not in state_dict:
+        raise ValueError(f"{path}: not a ResNet state dict (no conv1.weight / layer4.0.conv1.weight); "
+                         f"found keys like {sorted(state_dict)[:5]}")
+    blocks = [len({key.split(".")[1] for key in state_dict if key.startswith(f"layer{stage}.")})
+              for stage in range(1, 5)]
+    bottleneck = "layer1.0.conv3.weight" in state_dict
+    names = {(False, (2, 2, 2, 2)): "resnet18", (False, (3, 4, 6, 3)): "resnet34",
+             (True, (3, 4, 6, 3)): "resnet50"}
+    name = names.get((bottleneck, tuple(blocks)))
+    if name is None:
+        raise ValueError(f"{path}: a ResNet with blocks {blocks} (bottleneck={bottleneck}) is not one of "
+                         f"resnet18, resnet34, resnet50")
+    stem = state_dict["conv1.weight"]
+    return {"name": name, "cifar_stem": stem.shape[-1] == 3, "width": stem.shape[0] / 64}
+
+
+def load_backbone(path: str | Path) -> ResNetBackbone:
+    """A :class:`ResNetBackbone` with the weights of ``path``.
+
+    Accepts a selfsup pretraining checkpoint (a dict with ``"backbone"``, a ResNetBackbone state dict,
+    and ``"backbone_config"``, ``{"name", "cifar_stem", "width"}``) or a plain torchvision-named ResNet
+    state dict (what ``selfsup export`` writes, or torchvision's ImageNet files; ``fc.*`` is dropped).
+    Loading is strict: a missing or unexpected weight is an error naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for corrupt or unsafe files
+        raise ValueError(f"cannot load checkpoint {path}: {error}") from error
+    if not isinstance(content, dict):
+        raise ValueError(f"{path}: expected a dict, got {type(content).__name__}")
+    if "backbone" in content:
+        config = content.get("backbone_config")
+        if not isinstance(config, dict) or not {"name", "cifar_stem", "width"} <= set(config):
+            raise ValueError(f"{path}: a 'backbone' entry needs a 'backbone_config' dict with name, "
+                             "cifar_stem and width")
+        state_dict = {key.removeprefix("resnet."): value for key, value in content["backbone"].items()}
+        state_dict = {key: value for key, value in state_dict.items() if not key.startswith("fc.")}
+        config = {key: config[key] for key in ("name", "cifar_stem", "width")}
+    else:
+        state_dict = {key: value for key, value in content.items()
+                      if isinstance(value, torch.Tensor) and not key.startswith("fc.")}
+        config = _resnet_config_from_state_dict(state_dict, path)
+    backbone = ResNetBackbone(config["name"], cifar_stem=bool(config["cifar_stem"]),
+                              width=float(config["width"]))
+    try:
+        backbone.resnet.load_state_dict(state_dict, strict=True)
+    except RuntimeError as error:
+        raise ValueError(f"{path}: weights do not fit a {config}: {error}") from error
+    return backbone
+
+
+def backbone_config(backbone: ResNetBackbone) -> dict[str, Any]:
+    return {"name": backbone.name, "cifar_stem": backbone.cifar_stem, "width": backbone.width}
+
+
+def save_atomically(content: Any, path: str | Path) -> None:
+    """``torch.save`` (or JSON for a ``.json`` path) to a temporary file, then rename: never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            if path.suffix == ".json":
+                handle.write((json.dumps(content, indent=2) + "\n").encode())
+            else:
+                torch.save(content, handle)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,225 @@
+"""``selfsup transfer detect`` and ``selfsup transfer segment``: fine-tune a pretrained backbone and a
+randomly initialized one (and ImageNet-supervised weights when given a local file) at the same budget,
+and print their scores side by side.
+
+Settings: the defaults of :class:`TransferOptions` and of the task's settings (``DetectionSettings``
+in :mod:`selfsup.eval.detection`, ``SegmentationSettings`` in :mod:`selfsup.eval.segmentation`),
+then a YAML recipe (``--config``, strict: an unknown key is an error naming it), then flags.
+Outputs in ``--out``: ``<variant>/model.pt`` and ``<variant>/metrics.json`` for each variant, and
+``summary.json``; all written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from selfsup.config import ConfigError, from_dict, load_yaml
+
+Task = Literal["detect", "segment"]
+
+
+def default_pennfudan_dir() -> Path:
+    """``$SELFSUP_DATASETS/pennfudan``, else ``../shared/datasets/pennfudan`` next to the project."""
+    from selfsup.data.datasets import default_datasets_dir
+
+    return default_datasets_dir() / "pennfudan"
+
+
+@dataclass(frozen=True)
+class TransferOptions:
+    """What to compare and where the data and outputs are (the budget is in the task's settings).
+
+    Data formats: ``pennfudan`` (the folder of PNGImages/PedMasks, split 120/50 by sorted name);
+    ``coco`` (detection: ``DATA/train.json``, ``DATA/test.json``, image files under ``DATA/images``);
+    ``mask-pairs`` (segmentation: ``DATA/{train,test}/images/*`` and ``DATA/{train,test}/masks/<stem>.png``,
+    with ``num_classes``).
+    """
+
+    checkpoint: str | None = None  # none: only the randomly initialized backbone
+    imagenet_weights: str | None = None  # a local torchvision ResNet state dict; nothing is downloaded
+    random_baseline: bool = True
+    data: str | None = None  # none: $SELFSUP_DATASETS/pennfudan or ../shared/datasets/pennfudan
+    data_format: Literal["pennfudan", "coco", "mask-pairs"] = "pennfudan"
+    num_classes: int | None = None  # mask-pairs only, background included
+    out: str = "runs/transfer"
+    backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"  # random init with no checkpoint
+    width: float = 1.0
+    cifar_stem: bool = False
+    threads: int | None = None  # torch.set_num_threads; none: torch's default
+
+
+def _datasets(task: Task, options: TransferOptions):
+    from selfsup.data.annotations import CocoDetection, MaskPairs, PennFudan
+
+    root = Path(options.data) if options.data else default_pennfudan_dir()
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder not found: {root} (set --data or SELFSUP_DATASETS)")
+    if options.data_format == "pennfudan":
+        kind = "detection" if task == "detect" else "segmentation"
+        return PennFudan(root, "train", kind), PennFudan(root, "test", kind), 2
+    if options.data_format == "coco" and task == "detect":
+        train = CocoDetection(root / "train.json", root / "images")
+        test = CocoDetection(root / "test.json", root / "images")
+        if train.category_ids != test.category_ids:
+            raise ValueError(f"{root / 'train.json'} and {root / 'test.json'} have different categories")
+        return train, test, train.num_classes
+    if options.data_format == "mask-pairs" and task == "segment":
+        if options.num_classes is None or options.num_classes < 2:
+            raise ConfigError("setting 'num_classes': mask-pairs data needs num_classes >= 2 "
+                              "(background included)")
+        return (MaskPairs(root / "train" / "images", root / "train" / "masks"),
+                MaskPairs(root / "test" / "images", root / "test" / "masks"), options.num_classes)
+    raise ConfigError(f"setting 'data_format': {options.data_format!r} is not a format for transfer {task}")
+
+
+def _backbone_builders(options: TransferOptions, log: Callable[[str], None]) -> list[tuple[str, Callable]]:
+    """(name, builder) of each backbone to compare; checkpoints are read once here, so a bad file fails
+    before any training."""
+    from selfsup.eval.pretrained import backbone_config, load_backbone
+    from selfsup.models.backbones import ResNetBackbone
+
+    builders: list[tuple[str, Callable]] = []
+    architecture = {"name": options.backbone, "cifar_stem": options.cifar_stem, "width": options.width}
+    if options.checkpoint:
+        architecture = backbone_config(load_backbone(options.checkpoint))
+        builders.append(("selfsup", lambda: load_backbone(options.checkpoint)))
+    if options.random_baseline or not options.checkpoint:
+        builders.append(("random", lambda: ResNetBackbone(**architecture)))
+    if options.imagenet_weights:
+        load_backbone(options.imagenet_weights)
+        builders.append(("imagenet", lambda: load_backbone(options.imagenet_weights)))
+    else:
+        log("ImageNet-supervised baseline skipped: no --imagenet-weights PATH given (offline: nothing is "
+            "downloaded; pass a local torchvision ResNet state dict to include it)")
+    return builders
+
+
+def run_transfer(task: Task, options: TransferOptions, settings: Any,
+                 log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Fine-tune and evaluate every backbone of :func:`_backbone_builders` at the budget ``settings``."""
+    from selfsup.eval.pretrained import backbone_config, save_atomically
+
+    if options.threads is not None:
+        torch.set_num_threads(options.threads)
+    train_set, test_set, num_classes = _datasets(task, options)
+    log(f"transfer {task}: {len(train_set)} training and {len(test_set)} test images, {num_classes} classes")
+    if task == "detect":
+        from selfsup.eval.detection import finetune_detection as finetune
+    else:
+        from selfsup.eval.segmentation import finetune_segmentation as finetune
+    out_dir = Path(options.out)
+    results = []
+    for name, build in _backbone_builders(options, log):
+        torch.manual_seed(settings.seed)  # the same head initialization and data order for every backbone
+        backbone = build()
+        log(f"-- {name} backbone: {backbone_config(backbone)}")
+        model, metrics = finetune(backbone, train_set, test_set, num_classes, settings, log)
+        record = {"variant": name, "task": task, "backbone_config": backbone_config(backbone),
+                  "options": dataclasses.asdict(options), "settings": dataclasses.asdict(settings),
+                  "metrics": metrics}
+        save_atomically({**record, "model": model.state_dict()}, out_dir / name / "model.pt")
+        save_atomically(record, out_dir / name / "metrics.json")
+        results.append(record)
+    summary = {"task": task, "results": [{"variant": r["variant"], **r["metrics"]} for r in results]}
+    save_atomically(summary, out_dir / "summary.json")
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The side-by-side table, each variant's ratio to the random init, and one JSON line."""
+    keys = ("map_50", "map") if summary["task"] == "detect" else ("miou", "pixel_accuracy")
+    rows = {row["variant"]: row for row in summary["results"]}
+    lines = [f"{'backbone':<10}" + "".join(f"{key:>16}" for key in keys) + f"{'train s':>10}"]
+    for name, row in rows.items():
+        scores = "".join(f"{row[key]:>16.4f}" for key in keys)
+        lines.append(f"{name:<10}{scores}{row['train_seconds']:>10.0f}")
+    if "random" in rows:
+        for name, row in rows.items():
+            if name != "random":
+                ratios = [row[key] / rows["random"][key] if rows["random"][key] > 0 else float("nan")
+                          for key in keys]
+                lines.append(f"{name} / random: " + ", ".join(f"{k} x{r:.2f}" for k, r in zip(keys, ratios,
+                                                                                           strict=True)))
+    compact = {"task": summary["task"], **{row["variant"]: {key: round(row[key], 4) for key in keys}
+                                           for row in summary["results"]}}
+    lines.append(json.dumps(compact))
+    return "\n".join(lines)
+
+
+def _settings_class(task: Task) -> type:
+    if task == "detect":
+        from selfsup.eval.detection import DetectionSettings
+
+        return DetectionSettings
+    from selfsup.eval.segmentation import SegmentationSettings
+
+    return SegmentationSettings
+
+
+def resolve_settings(task: Task, args: argparse.Namespace) -> tuple[TransferOptions, Any]:
+    """Defaults, then ``args.config`` (strict), then the flags given: (options, task settings)."""
+    settings_class = _settings_class(task)
+    values: dict[str, Any] = load_yaml(args.config) if args.config else {}
+    values.update({key: value for key, value in vars(args).items()
+                   if key not in ("config", "func", "command", "transfer_task") and value is not None})
+    option_names = {f.name for f in dataclasses.fields(TransferOptions)}
+    setting_names = {f.name for f in dataclasses.fields(settings_class)}
+    source = args.config or "command line"
+    unknown = sorted(set(values) - option_names - setting_names)
+    if unknown:
+        raise ConfigError(f"{source}: unknown setting(s) {', '.join(map(repr, unknown))}; known settings: "
+                          f"{', '.join(sorted(option_names | setting_names))}")
+    options = from_dict(TransferOptions, {k: v for k, v in values.items() if k in option_names}, source)
+    settings = from_dict(settings_class, {k: v for k, v in values.items() if k in setting_names}, source)
+    return options, settings
+
+
+def _command(task: Task) -> Callable[[argparse.Namespace], int]:
+    def command(args: argparse.Namespace) -> int:
+        options, settings = resolve_settings(task, args)
+        print(format_summary(run_transfer(task, options, settings)))
+        return 0
+
+    return command
+
+
+def add_transfer_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``transfer detect`` and ``transfer segment``; each sets ``func(args) -> exit code``."""
+    transfer = subparsers.add_parser("transfer", help="fine-tune a pretrained backbone for detection or "
+                                     "segmentation, against random init at the same budget")
+    tasks = transfer.add_subparsers(dest="transfer_task", required=True)
+    helps = {"detect": "Faster R-CNN + FPN; box mAP and mAP@0.5 (pycocotools)",
+             "segment": "FCN or DeepLabV3 head; mIoU and pixel accuracy"}
+    for task, help_text in helps.items():
+        parser = tasks.add_parser(task, help=help_text)
+        parser.add_argument("--config", help="YAML recipe (see configs/transfer_*.yaml); flags override it")
+        parser.add_argument("--checkpoint", help="selfsup checkpoint or torchvision ResNet state dict; "
+                            "none: random init only")
+        parser.add_argument("--imagenet-weights", help="local torchvision ResNet state dict to compare too")
+        parser.add_argument("--no-random-baseline", dest="random_baseline", action="store_false",
+                            default=None, help="train only the given checkpoint")
+        parser.add_argument("--data", help="data folder (default: $SELFSUP_DATASETS/pennfudan or "
+                            "../shared/datasets/pennfudan)")
+        parser.add_argument("--data-format", choices=["pennfudan", "coco", "mask-pairs"])
+        parser.add_argument("--num-classes", type=int, help="classes of mask-pairs data, background included")
+        parser.add_argument("--out", help="output folder (default: runs/transfer)")
+        parser.add_argument("--epochs", type=int)
+        parser.add_argument("--image-size", type=int, help="short side of the images")
+        parser.add_argument("--batch-size", type=int)
+        parser.add_argument("--lr", type=float)
+        parser.add_argument("--seed", type=int)
+        parser.add_argument("--num-workers", type=int)
+        parser.add_argument("--threads", type=int, help="torch CPU threads")
+        parser.add_argument("--backbone", choices=["resnet18", "resnet34", "resnet50"],
+                            help="architecture of a random init with no --checkpoint")
+        parser.add_argument("--width", type=float, help="width of a random init with no --checkpoint")
+        parser.set_defaults(func=_command(task))
+    return transfer

@@ -1,5 +1,6 @@
 """Augmentation: SimCLR's and BYOL's view recipes, per image (PIL / uint8) and batched on device."""
 
+from selfsup.transforms.batched import BatchedTwoViews, BatchedViewAugment, ViewParameters
 from selfsup.transforms.views import (
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -14,12 +15,15 @@ from selfsup.transforms.views import (
 )
 
 __all__ = [
+    "BatchedTwoViews",
+    "BatchedViewAugment",
     "CIFAR10_MEAN",
     "CIFAR10_STD",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "TwoViewTransform",
     "ViewConfig",
+    "ViewParameters",
     "byol_views",
     "eval_transform",
     "simclr_view",

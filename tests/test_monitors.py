@@ -200,6 +200,9 @@ def test_embedding_monitors_gathers_the_monitors() -> None:
     })
     assert all(type(value) is float for value in metrics.values())
     assert z1.grad is None
+    # bf16 projections (autocast) are read in float64 too
+    low_precision = embedding_monitors(z1.detach().bfloat16(), z2.bfloat16())
+    assert low_precision == pytest.approx(metrics, rel=0.05, abs=0.01)
 
 
 def test_embedding_monitors_gives_nan_for_diverged_embeddings() -> None:

@@ -56,6 +56,7 @@ class LARS(torch.optim.Optimizer):
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
                         trust_coefficient=trust_coefficient, lars_exclude=False)
         super().__init__(params, defaults)
+        self._scratch: dict[torch.Tensor, torch.Tensor] = {}
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
@@ -68,25 +69,36 @@ class LARS(torch.optim.Optimizer):
             if not params:
                 continue
             grads = [p.grad for p in params]
-            if group["weight_decay"] != 0:
-                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
-            if not group["lars_exclude"]:
-                param_norms = torch._foreach_norm(params)
-                grad_norms = torch._foreach_norm(grads)
-                ratios = [
-                    torch.where((pn > 0) & (gn > 0), group["trust_coefficient"] * pn / gn, torch.ones_like(pn))
-                    for pn, gn in zip(param_norms, grad_norms)
-                ]
-                grads = torch._foreach_mul(grads, ratios)
-            buffers = []
-            for p, g in zip(params, grads):
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = g.clone()
-                else:
-                    state["momentum_buffer"].mul_(group["momentum"]).add_(g)
-                buffers.append(state["momentum_buffer"])
-            torch._foreach_add_(params, buffers, alpha=-group["lr"])
+            states = [self.state[p] for p in params]
+            adapt = not group["lars_exclude"]
+            # Fresh parameter-sized tensors on every step cost more than the arithmetic (the memory is
+            # returned to the OS and faulted in again), so the update d = g + wd w is written into a
+            # scratch buffer kept between steps (outside the state: checkpoints do not carry it).
+            if group["weight_decay"] != 0 or adapt:
+                updates = []
+                for grad, param in zip(grads, params, strict=True):
+                    update = self._scratch.get(param)
+                    if update is None or update.shape != param.shape:
+                        update = self._scratch[param] = torch.empty_like(param)
+                    updates.append(torch.add(grad, param, alpha=group["weight_decay"], out=update))
+            else:
+                updates = grads
+            if adapt:
+                param_norms = torch.stack(torch._foreach_norm(params))
+                update_norms = torch.stack(torch._foreach_norm(updates))
+                ratios = torch.where((param_norms > 0) & (update_norms > 0),
+                                     group["trust_coefficient"] * param_norms / update_norms,
+                                     torch.ones_like(param_norms)).unbind()
+                torch._foreach_mul_(updates, ratios)
+            continuing = [i for i, state in enumerate(states) if "momentum_buffer" in state]
+            if continuing:
+                buffers = [states[i]["momentum_buffer"] for i in continuing]
+                torch._foreach_mul_(buffers, group["momentum"])
+                torch._foreach_add_(buffers, [updates[i] for i in continuing])
+            for state, update in zip(states, updates, strict=True):
+                if "momentum_buffer" not in state:  # first step: the buffer starts as the update
+                    state["momentum_buffer"] = update.clone()
+            torch._foreach_add_(params, [state["momentum_buffer"] for state in states], alpha=-group["lr"])
         return loss
 
 

@@ -1,0 +1,195 @@
+"""The compute floor of a training step, and how close selfsup's (and lightly's) full step comes to it.
+
+From an augmented batch in memory (two views), on CPU, ResNet-18 with the CIFAR stem, 32 px:
+
+  floor    the backbone's own cost for the views, heads included: SimCLR = forward + backward of
+           backbone and projector on both views (one pass over the 2B views, as the method does);
+           BYOL = online forward + backward (backbone, projector, predictor) of each view + the
+           target's forward of each view under no_grad. Nothing else: no loss, no optimizer.
+  selfsup  the method's forward, loss, backward, LARS step, zero_grad and (BYOL) the EMA update.
+  lightly  the same step written with lightly's parts (heads, NTXentLoss / NegativeCosineSimilarity,
+           LARS, update_momentum), when lightly is importable.
+
+The three alternate, repeat after repeat, and the table gives medians: (b)/(a) is measured in one run.
+
+    python benchmarks/step.py                                   # the issue's configuration
+    python benchmarks/step.py --width 0.25 --batch-size 32 --steps 3   # a quick look
+    /tmp/benchenv/bin/python benchmarks/step.py                 # with lightly (benchmarks/README.md)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from selfsup.methods import BYOL, SimCLR
+from selfsup.models import ResNetBackbone
+from selfsup.train.optim import build_optimizer
+
+LR, WEIGHT_DECAY, MOMENTUM_EMA = 0.3, 1e-6, 0.996
+
+
+def autocast(dtype: str):
+    if dtype == "bf16":
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def backbone(width: float) -> nn.Module:
+    return ResNetBackbone("resnet18", cifar_stem=True, width=width)
+
+
+def floor_step(method: str, model: nn.Module, view1, view2, dtype: str) -> Callable[[], None]:
+    """(a) Only the networks' forward and backward passes."""
+    def simclr() -> None:
+        with autocast(dtype):
+            projections = model.projector(model.backbone(torch.cat([view1, view2])))
+        projections.float().sum().backward()
+        model.zero_grad(set_to_none=True)
+
+    def byol() -> None:
+        with autocast(dtype):
+            predictions = [model.predictor(model.projector(model.backbone(v))) for v in (view1, view2)]
+            with torch.no_grad():
+                for v in (view1, view2):
+                    model.target_projector(model.target_backbone(v))
+        sum(p.float().sum() for p in predictions).backward()
+        model.zero_grad(set_to_none=True)
+
+    return simclr if method == "simclr" else byol
+
+
+def selfsup_step(method: str, model: nn.Module, view1, view2, dtype: str) -> Callable[[], None]:
+    """(b) selfsup's full training step."""
+    optimizer = build_optimizer("lars", model, lr=LR, weight_decay=WEIGHT_DECAY)
+
+    def step() -> None:
+        with autocast(dtype):
+            loss = model(view1, view2).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        model.update_target(MOMENTUM_EMA)
+
+    return step
+
+
+def lightly_step(method: str, width: float, view1, view2, dtype: str) -> Callable[[], None]:
+    """(c) The same step with lightly's parts, as in lightly's example scripts."""
+    from lightly.loss import NegativeCosineSimilarity, NTXentLoss
+    from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead, SimCLRProjectionHead
+    from lightly.models.utils import deactivate_requires_grad, update_momentum
+    from lightly.utils.lars import LARS
+
+    encoder = backbone(width)
+    features = encoder.feature_dim
+    if method == "simclr":
+        model = nn.ModuleDict({"backbone": encoder, "head": SimCLRProjectionHead(features, 2048, 128)})
+        criterion = NTXentLoss(temperature=0.5)
+    else:
+        model = nn.ModuleDict({"backbone": encoder, "head": BYOLProjectionHead(features, 4096, 256),
+                               "predictor": BYOLPredictionHead(256, 4096, 256)})
+        target = nn.ModuleDict({"backbone": copy.deepcopy(encoder), "head": copy.deepcopy(model["head"])})
+        deactivate_requires_grad(target)
+        criterion = NegativeCosineSimilarity()
+    optimizer = LARS(model.parameters(), lr=LR, momentum=0.9, weight_decay=WEIGHT_DECAY)
+
+    def simclr() -> None:
+        with autocast(dtype):
+            z = model["head"](model["backbone"](torch.cat([view1, view2])))
+        loss = criterion(*z.float().chunk(2))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    def byol() -> None:
+        update_momentum(model["backbone"], target["backbone"], m=MOMENTUM_EMA)
+        update_momentum(model["head"], target["head"], m=MOMENTUM_EMA)
+        with autocast(dtype):
+            p1, p2 = (model["predictor"](model["head"](model["backbone"](v))) for v in (view1, view2))
+            with torch.no_grad():
+                z1, z2 = (target["head"](target["backbone"](v)) for v in (view1, view2))
+        loss = 0.5 * (criterion(p1.float(), z2.float()) + criterion(p2.float(), z1.float()))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    return simclr if method == "simclr" else byol
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="+", default=["simclr", "byol"], choices=["simclr", "byol"])
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--width", type=float, default=1.0, help="ResNet-18 width multiplier")
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=5, help="timed repeats of each variant")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="CPU autocast")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--no-lightly", action="store_true")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    lightly_version = None
+    if not args.no_lightly:
+        try:
+            import lightly
+            lightly_version = lightly.__version__
+        except ImportError:
+            print("lightly is not installed: its column is skipped. Install it in a separate environment:\n"
+                  "  python -m venv --system-site-packages /tmp/benchenv\n"
+                  "  /tmp/benchenv/bin/pip install --no-deps lightly lightning-utilities")
+
+    view1, view2 = (torch.randn(args.batch_size, 3, args.image_size, args.image_size) for _ in range(2))
+    rows, ratios = [], {}
+    for method in args.methods:
+        model = (SimCLR if method == "simclr" else BYOL)(backbone(args.width)).train()
+        variants = {"floor": floor_step(method, model, view1, view2, args.dtype),
+                    "selfsup step": selfsup_step(method, model, view1, view2, args.dtype)}
+        if lightly_version:
+            variants["lightly step"] = lightly_step(method, args.width, view1, view2, args.dtype)
+        for run in variants.values():  # warm-up: allocator, oneDNN primitives, optimizer state
+            run()
+        seconds: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(args.steps):
+            for name, run in variants.items():
+                start = time.perf_counter()
+                run()
+                seconds[name].append(time.perf_counter() - start)
+        median = {name: statistics.median(times) for name, times in seconds.items()}
+        for name, value in median.items():
+            rows.append((method, name, value, args.batch_size / value, value / median["floor"]))
+        ratios[f"{method}_selfsup_vs_floor"] = median["selfsup step"] / median["floor"]
+        if lightly_version:
+            ratios[f"{method}_selfsup_vs_lightly"] = median["selfsup step"] / median["lightly step"]
+
+    print(f"\ntraining step, ResNet-18 CIFAR stem (width {args.width}), {args.image_size} px, batch "
+          f"{args.batch_size}, {args.dtype}, {torch.get_num_threads()} threads, medians of {args.steps} "
+          f"(torch {torch.__version__}, lightly {lightly_version}, {platform.machine()})")
+    print(f"{'method':<7} {'variant':<13} {'s/step':>9} {'images/s':>9} {'vs floor':>9}")
+    for method, name, value, images_per_second, relative in rows:
+        print(f"{method:<7} {name:<13} {value:>9.3f} {images_per_second:>9.1f} {relative:>8.3f}x")
+    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS of this process (all variants): {peak_rss_mib:.0f} MiB")
+    print(json.dumps({"benchmark": "step", "batch_size": args.batch_size, "width": args.width,
+                      "dtype": args.dtype, "threads": torch.get_num_threads(), "lightly": lightly_version,
+                      "seconds": {f"{m}_{n.replace(' ', '_')}": round(v, 4) for m, n, v, _, _ in rows},
+                      "ratios": {k: round(v, 4) for k, v in ratios.items()},
+                      "peak_rss_mib": round(peak_rss_mib)}))
+
+
+if __name__ == "__main__":
+    main()

@@ -67,7 +67,7 @@ def test_full_report_has_every_figure_and_references_them(tmp_path: Path) -> Non
              "rows": [{"name": "pretrained", "knn_top1": 61.5, "linear_top1": 64.25, "feature_dim": 512},
                       {"name": "random init", "knn_top1": 20.0, "linear_top1": 25.0, "feature_dim": 512}]}
     path = write_pretrain_report(run_dir, _rows(), table, embeddings, labels, embedding_dim=128,
-                                 class_names=["cat", "dog", "ship"])
+                                 class_names=["cat", "dog", "ship"], map_points=45)
     assert path == run_dir / "report.md"
     markdown = path.read_text(encoding="utf-8")
     assert _referenced_images(markdown) == ALL_FIGURES

@@ -66,7 +66,14 @@ def _settings(args: argparse.Namespace, cls: type) -> Any:
     return from_dict(cls, values, source=args.config or "command line")
 
 
+DEFAULT_RECIPE = Path(__file__).parent / "recipes" / "default.yaml"
+
+
 def _cmd_pretrain(args: argparse.Namespace) -> int:
+    given = {f.name for f in dataclasses.fields(PretrainConfig)} & set(vars(args))
+    if not given and not args.config and not args.resume:
+        print(f"no settings given: running the embedded default recipe {DEFAULT_RECIPE}")
+        args.config = str(DEFAULT_RECIPE)
     config = _settings(args, PretrainConfig)
     if config.devices > 1 and "WORLD_SIZE" not in __import__("os").environ:
         from selfsup.train.launch import launch_local

@@ -144,6 +144,8 @@ class PretrainConfig:
     knn_k: int = 200
     knn_temperature: float = 0.1
     eval_at_end: bool = True
+    linear_epochs: int = 100  # linear probe of the final table
+    report: bool = True  # OUT/report.md with curves, monitors and an embedding map (needs matplotlib)
     num_workers: int = 2  # DataLoader workers for images streamed from disk
     device: str = "auto"
     seed: int = 0
@@ -158,7 +160,7 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "knn_k": self.knn_k,
                     "log_every": self.log_every, "keep_checkpoints": self.keep_checkpoints,
-                    "devices": self.devices}
+                    "devices": self.devices, "linear_epochs": self.linear_epochs}
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"setting '{name}' must be >= 1, got {value}")

@@ -6,13 +6,16 @@ has been initialised, so library code calls these helpers unconditionally.
 Where gradients flow: :func:`gather_with_grad` concatenates every rank's tensor along dim 0. Its
 backward sums the incoming gradient over all ranks (all-reduce) and hands each rank the slice that
 belongs to its own input. With DDP averaging parameter gradients over ranks, the result equals the
-single-process gradient of the mean loss over the global batch.
+single-process gradient of the mean loss over the global batch. :func:`convert_sync_batchnorm` does the same
+for BatchNorm statistics: every rank normalises with the mean and variance of the global batch, and the
+gradient through those statistics reaches the rank whose rows produced them.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.distributed as torch_dist
+from torch import nn
 
 
 def is_distributed() -> bool:
@@ -111,3 +114,123 @@ def local_rank() -> int:
     import os
 
     return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _collective_device() -> torch.device:
+    """Where small tensors for a collective must live: the current GPU under NCCL, else the CPU."""
+    if torch_dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when ``flag`` is True on at least one (so that all ranks take the same branch)."""
+    if not is_distributed():
+        return flag
+    value = torch.tensor([int(flag)], device=_collective_device())
+    torch_dist.all_reduce(value, op=torch_dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def broadcast_object(value):
+    """Rank 0's ``value`` on every rank (any picklable object), e.g. the checkpoint all ranks resume from."""
+    if not is_distributed():
+        return value
+    holder = [value]
+    torch_dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def all_reduce_gradients_(parameters) -> None:
+    """Average the ``.grad`` of ``parameters`` over ranks in place, as DDP does for the model it wraps
+    (for a small module trained outside DDP, such as the online linear probe)."""
+    if not is_distributed():
+        return
+    for parameter in parameters:
+        if parameter.grad is not None:
+            torch_dist.all_reduce(parameter.grad, op=torch_dist.ReduceOp.SUM)
+            parameter.grad.div_(world_size())
+
+
+class _AllReduceSumWithGrad(torch.autograd.Function):
+    """all_reduce(SUM) whose backward is again an all_reduce(SUM): every rank's output depends on
+    every rank's input, so the gradient of an input is the sum of the gradients of all ranks' outputs."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        total = tensor.detach().clone(memory_format=torch.contiguous_format)
+        torch_dist.all_reduce(total, op=torch_dist.ReduceOp.SUM)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad_output.detach().clone(memory_format=torch.contiguous_format)
+        torch_dist.all_reduce(grad, op=torch_dist.ReduceOp.SUM)
+        return grad
+
+
+class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm over the global batch for CPU processes (gloo), which :class:`torch.nn.SyncBatchNorm` does
+    not run on (and DDP refuses on CPUs).
+
+    In training mode with several ranks, the batch mean and the (biased) variance are those of the global
+    batch, from two differentiable all-reduces of per-channel sums (the mean first, then the squared
+    deviations from it, more accurate than E[x^2] - E[x]^2); the running statistics are updated as
+    BatchNorm updates them (unbiased variance). Otherwise it is plain BatchNorm. Same parameters and
+    buffers as BatchNorm, so state dicts load either way.
+    """
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"CPUSyncBatchNorm: expected at least 2-D input (N, C, ...), got {input.dim()}-D")
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not (self.training and is_distributed()):
+            return super().forward(input)
+        self._check_input_dim(input)
+        compute_dtype = torch.promote_types(input.dtype, torch.float32)
+        values = input.to(compute_dtype)
+        reduce_dims = [0, *range(2, values.ndim)]
+        shape = [1, values.shape[1]] + [1] * (values.ndim - 2)
+        local_count = values.new_full((1,), values.numel() // values.shape[1])
+        sums = _AllReduceSumWithGrad.apply(torch.cat([values.sum(reduce_dims), local_count]))
+        count = sums[-1].detach()
+        if count <= 1:
+            raise ValueError(f"CPUSyncBatchNorm: expected more than 1 value per channel when training, got input "
+                             f"size {tuple(input.shape)} on {world_size()} ranks")
+        mean = sums[:-1] / count
+        centered = values - mean.view(shape)
+        variance = _AllReduceSumWithGrad.apply(centered.square().sum(reduce_dims)) / count
+        output = centered * torch.rsqrt(variance + self.eps).view(shape)
+        if self.affine:
+            output = output * self.weight.view(shape) + self.bias.view(shape)
+        if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), factor)
+                unbiased = variance.detach() * count / (count - 1)
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
+        return output.to(input.dtype)
+
+
+def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+    """Make every BatchNorm layer of ``module`` normalise over the global batch: PyTorch's
+    :class:`~torch.nn.SyncBatchNorm` on GPUs, :class:`CPUSyncBatchNorm` on CPUs. The new layers share the
+    old ones' parameters and buffers; nested layers are replaced in place. Returns the converted module."""
+    if device.type != "cpu":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    converted = module
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, CPUSyncBatchNorm):
+        converted = CPUSyncBatchNorm(module.num_features, module.eps, module.momentum, module.affine,
+                                     module.track_running_stats)
+        if module.affine:
+            converted.weight = module.weight
+            converted.bias = module.bias
+        converted.running_mean = module.running_mean
+        converted.running_var = module.running_var
+        converted.num_batches_tracked = module.num_batches_tracked
+        converted.training = module.training
+    for name, child in module.named_children():
+        converted.add_module(name, convert_sync_batchnorm(child, device))
+    return converted

@@ -3,6 +3,11 @@
 Randomness is a function of (seed, epoch, batch) for in-memory data and of (seed, epoch, image index)
 for data on disk, never of a running random state. So a run resumed from any step replays exactly what
 an uninterrupted run would have seen, whatever the number of DataLoader workers.
+
+It does not depend on the number of processes either: each process takes its rows of the same global
+batch, and the in-memory augmentation draws the random parameters of the whole global batch and keeps
+this process's rows. So W processes with B images each see exactly the views one process sees with the
+global batch of W x B images.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from selfsup.data.datasets import ImageData
@@ -44,16 +50,24 @@ def rank_batches(n: int, global_batch: int, seed: int, epoch: int, rank: int, wo
 
 
 class PerImageTwoViews:
-    """Adapts a per-image two-view transform to a batch of uint8 images, seeded by a generator."""
+    """Adapts a per-image two-view transform to a batch of uint8 images, seeded by a generator.
+
+    ``images`` are rows ``first_row ...`` of a global batch of ``global_batch`` images (all of it by
+    default); each image is seeded by its row in the global batch, as :class:`BatchedTwoViews` does.
+    """
 
     def __init__(self, transform: Callable) -> None:
         self.transform = transform
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None):
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None, first_row: int = 0,
+                 global_batch: int | None = None):
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device
+                                 if generator is not None else None).item())
+        pairs = []
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            pairs = [self.transform(image) for image in images.cpu()]
+            for row, image in enumerate(images.cpu(), start=first_row):
+                torch.manual_seed(derived_seed(seed, row))
+                pairs.append(self.transform(image))
         view1 = torch.stack([p[0] for p in pairs]).to(images.device)
         view2 = torch.stack([p[1] for p in pairs]).to(images.device)
         return view1, view2
@@ -62,7 +76,8 @@ class PerImageTwoViews:
 class InMemoryTwoViewBatches:
     """Two-view batches from images held in memory, augmented in batches on ``device``.
 
-    ``two_views(images_uint8, generator) -> (view1, view2)``: e.g. ``BatchedTwoViews``.
+    ``two_views(images_uint8, generator, first_row, global_batch) -> (view1, view2)``: e.g.
+    ``BatchedTwoViews``; ``images_uint8`` are rows ``first_row ...`` of the global batch.
     """
 
     def __init__(self, data: ImageData, two_views: Callable, batch_size: int, seed: int,
@@ -80,15 +95,15 @@ class InMemoryTwoViewBatches:
     def __len__(self) -> int:
         return len(self.data) // self.batch_size
 
-    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, Tensor | None]]:
         batches = rank_batches(len(self.data), self.batch_size, self.seed, epoch, self.rank, self.world)
         for index, batch in enumerate(batches):
             if index < start_batch:
                 continue
             images = self.images[batch].to(self.device, non_blocking=True)
             generator = torch.Generator(device=self.device)
-            generator.manual_seed(derived_seed(self.seed, epoch, index, self.rank))
-            view1, view2 = self.two_views(images, generator)
+            generator.manual_seed(derived_seed(self.seed, epoch, index))
+            view1, view2 = self.two_views(images, generator, self.rank * len(batch), self.batch_size)
             labels = self.data.labels[batch].to(self.device) if self.data.labels is not None else None
             yield view1, view2, labels
 

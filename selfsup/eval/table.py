@@ -28,9 +28,13 @@ def evaluation_table(backbone: nn.Module, train: ImageData, test: ImageData, ima
                      knn_k: int = 200, knn_temperature: float = 0.1, linear_epochs: int = 100,
                      baselines: bool = True, device: torch.device | str = "cpu", seed: int = 0,
                      num_workers: int = 2, progress: bool = False,
-                     log: Callable[[str], None] = print) -> dict:
+                     log: Callable[[str], None] = print,
+                     pretrained_features: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
     """Rows {"name", "knn_top1", "linear_top1"} for the backbone (and baselines), plus the top-level
-    ``knn_top1`` / ``linear_top1`` of the backbone itself."""
+    ``knn_top1`` / ``linear_top1`` of the backbone itself.
+
+    ``pretrained_features``: the backbone's (train, test) features when the caller already has them.
+    """
     for split in (train, test):
         if split.labels is None:
             raise ValueError(f"evaluation needs labelled data; {split.name} has no labels (use an ImageFolder "
@@ -38,10 +42,12 @@ def evaluation_table(backbone: nn.Module, train: ImageData, test: ImageData, ima
     if train.num_classes < 2:
         raise ValueError(f"evaluation needs at least 2 classes; {train.name} has {train.num_classes}")
     num_classes = max(train.num_classes, int(test.labels.max()) + 1)
-    candidates: list[tuple[str, Callable[[ImageData], torch.Tensor]]] = [
-        ("pretrained", lambda d: extract_features(backbone, d, image_size, mean, std, device=device,
-                                                  num_workers=num_workers, progress=progress)),
-    ]
+    if pretrained_features is None:
+        pretrained_features = tuple(extract_features(backbone, d, image_size, mean, std, device=device,
+                                                     num_workers=num_workers, progress=progress)
+                                    for d in (train, test))
+    known = {id(train): pretrained_features[0], id(test): pretrained_features[1]}
+    candidates: list[tuple[str, Callable[[ImageData], torch.Tensor]]] = [("pretrained", lambda d: known[id(d)])]
     if baselines:
         random_backbone = _reinitialized(backbone, seed).to(device)
         candidates.append(("random init", lambda d: extract_features(random_backbone, d, image_size, mean, std,

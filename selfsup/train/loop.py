@@ -7,7 +7,6 @@ keeps resume exact (every random draw is a function of seed, epoch and batch; se
 from __future__ import annotations
 
 import json
-import math
 import random
 import signal
 import time
@@ -22,10 +21,17 @@ from selfsup import dist
 from selfsup.config import PretrainConfig, resolve, to_dict
 from selfsup.data.datasets import ImageData, load_image_data
 from selfsup.data.loading import FileTwoViewBatches, InMemoryTwoViewBatches, PerImageTwoViews
+from selfsup.eval.monitors import collapse_warning, embedding_monitors
 from selfsup.methods import BYOL, SimCLR, cosine_momentum
 from selfsup.models import ResNetBackbone
-from selfsup.train.checkpoint import (atomic_write_text, checkpoint_path, list_checkpoints, load_checkpoint,
-                                      prune_checkpoints, save_checkpoint)
+from selfsup.train.checkpoint import (
+    atomic_write_text,
+    checkpoint_path,
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
 from selfsup.train.logging import MetricsLog
 from selfsup.train.optim import build_optimizer
 from selfsup.train.schedules import scaled_learning_rate, warmup_cosine
@@ -167,7 +173,7 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None, log=print
     backbone = build_backbone(config, image_size)
     method = build_method(config, backbone)
     if world > 1 and config.sync_batchnorm:
-        method = nn.SyncBatchNorm.convert_sync_batchnorm(method)  # online and target networks alike
+        method = dist.convert_sync_batchnorm(method, device)  # online and target networks alike
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     method = method.to(device, memory_format=memory_format)
     model = method
@@ -191,14 +197,16 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None, log=print
 
     probe = probe_optimizer = None
     if config.online_probe and data.labels is not None and data.num_classes >= 2:
-        probe = nn.Linear(backbone.feature_dim, data.num_classes).to(device)
-        probe_optimizer = torch.optim.AdamW(probe.parameters(), lr=1e-3, weight_decay=0.0)
+        # BatchNorm without affine standardises the features, whose scale drifts while the backbone learns.
+        probe = nn.Sequential(nn.BatchNorm1d(backbone.feature_dim, affine=False),
+                              nn.Linear(backbone.feature_dim, data.num_classes)).to(device)
+        probe_optimizer = torch.optim.AdamW(probe.parameters(), lr=1e-2, weight_decay=0.0)
 
     step = 0
     if resume is not None:
         if str(resume) == "auto":
             found = list_checkpoints(checkpoint_dir)
-            resume = found[-1] if found else None
+            resume = dist.broadcast_object(found[-1] if found else None)  # every rank loads rank 0's pick
     if resume is not None:
         state = load_checkpoint(resume, map_location=device)
         for key in ("method", "backbone", "image_size"):
@@ -249,6 +257,7 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None, log=print
     window_images, window_start = 0, time.perf_counter()
     probe_correct = probe_seen = 0
     skipped_steps = 0
+    warned_collapse = False
     progress_bar = None
     with _StopSignals() as stop:
         start_epoch, start_batch = divmod(step, steps_per_epoch)
@@ -268,7 +277,8 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None, log=print
                 with torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext():
                     output = model(view1, view2)
                 loss = output.loss
-                if not torch.isfinite(loss.detach()):
+                # Judged on the mean over ranks, so that a NaN on any rank skips the step on all of them.
+                if not torch.isfinite(dist.all_reduce_mean(loss.detach())):
                     message = (f"loss is {loss.item()} at step {step} (epoch {epoch + 1}, lr {lr:.4g}). Likely "
                                "causes: a learning rate too high for this batch size, fp16 overflow (try "
                                "precision bf16 or fp32), or corrupt input images.")
@@ -296,6 +306,7 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None, log=print
                     probe_loss = nn.functional.cross_entropy(logits, labels)
                     probe_optimizer.zero_grad(set_to_none=True)
                     probe_loss.backward()
+                    dist.all_reduce_gradients_(probe.parameters())  # the same probe on every rank
                     probe_optimizer.step()
                     probe_correct += int((logits.argmax(1) == labels).sum())
                     probe_seen += len(labels)
@@ -311,6 +322,10 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None, log=print
                     if config.method == "byol":
                         row["momentum"] = momentum
                     row.update(_embedding_monitors(output.embeddings))
+                    warning = collapse_warning(row, dim=hp.projection_dim)
+                    if warning and not warned_collapse:
+                        log(f"warning at step {step}: {warning}")
+                        warned_collapse = True
                     if metrics is not None:
                         metrics.write(row)
                     if progress_bar is not None:
@@ -320,7 +335,7 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None, log=print
                     window_images, window_start = 0, time.perf_counter()
                 if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
                     last_checkpoint = save(step) or last_checkpoint
-                if stop.received is not None:
+                if dist.any_rank(stop.received is not None):  # all ranks stop at the same step
                     last_checkpoint = save(step) or last_checkpoint
                     dist.barrier()
                     raise TrainingInterrupted(f"stopped by signal {stop.received} at step {step}; checkpoint "
@@ -331,6 +346,8 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None, log=print
                 progress_bar.close()
             epoch_row = {"step": step, "epoch": epoch + 1}
             if probe_seen:
+                probe_correct, probe_seen = dist.all_reduce_mean(
+                    torch.tensor([probe_correct, probe_seen], dtype=torch.float64, device=device)).tolist()
                 epoch_row["online_probe_top1"] = round(100.0 * probe_correct / probe_seen, 2)
                 probe_correct = probe_seen = 0
             if config.knn_every and (epoch + 1) % config.knn_every == 0 and is_main:
@@ -352,10 +369,22 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None, log=print
         save_checkpoint({"backbone": backbone.state_dict(), "backbone_config": _backbone_config(backbone),
                          "image_size": image_size, "mean": list(mean), "std": list(std)},
                         out_dir / "backbone.pt")
+        test_features = test = None
         if config.eval_at_end and data.labels is not None:
-            table = _final_evaluation(config, backbone, data, image_size, mean, std, device, log)
+            table, test_features, test = _final_evaluation(config, backbone, data, image_size, mean, std, device,
+                                                           log)
             if table is not None:
                 atomic_write_text(out_dir / "eval.json", json.dumps(table, indent=2))
+        if config.report:
+            from selfsup.report import write_pretrain_report
+            from selfsup.train.logging import read_metrics
+
+            report = write_pretrain_report(
+                out_dir, read_metrics(out_dir / "metrics.jsonl"), table,
+                embeddings=test_features.numpy() if test_features is not None else None,
+                labels=test.labels.numpy() if test is not None else None,
+                embedding_dim=hp.projection_dim, class_names=data.classes, title=f"{config.method} on {data.name}")
+            log(f"report: {report}")
     dist.barrier()
     return PretrainResult(out_dir=out_dir, backbone=backbone, steps=step, checkpoint=last_checkpoint, table=table)
 
@@ -366,10 +395,6 @@ def _backbone_config(backbone: ResNetBackbone) -> dict:
 
 
 def _embedding_monitors(embeddings: tuple[torch.Tensor, torch.Tensor]) -> dict:
-    try:
-        from selfsup.eval.monitors import embedding_monitors
-    except ImportError:
-        return {}
     return {k: round(float(v), 5) for k, v in embedding_monitors(*embeddings).items()}
 
 
@@ -396,17 +421,20 @@ def _quick_knn(config, backbone, data, image_size, mean, std, device) -> float |
                               max(data.num_classes, 2), config.knn_k, config.knn_temperature), 2)
 
 
-def _final_evaluation(config, backbone, data, image_size, mean, std, device, log) -> dict | None:
+def _final_evaluation(config, backbone, data, image_size, mean, std, device, log):
+    """The kNN / linear table on the test split, and the test features (for the embedding map)."""
+    from selfsup.eval.features import extract_features
     from selfsup.eval.table import evaluation_table, format_table
 
     test = _test_split(config, data)
     if test is None or test.labels is None or data.num_classes < 2:
         log("no labelled test data: skipping the kNN / linear table (give --test-data)")
-        return None
+        return None, None, None
     log(f"evaluating on {test.name} (kNN k={config.knn_k}, T={config.knn_temperature}; linear probe)")
+    features = tuple(extract_features(backbone, d, image_size, mean, std, device=device,
+                                      num_workers=config.num_workers) for d in (data, test))
     table = evaluation_table(backbone, data, test, image_size, mean, std, config.knn_k, config.knn_temperature,
-                             device=device, seed=config.seed, num_workers=config.num_workers, log=lambda *_: None)
+                             linear_epochs=config.linear_epochs, device=device, seed=config.seed,
+                             num_workers=config.num_workers, log=lambda *_: None, pretrained_features=features)
     log(format_table(table))
-    if not math.isfinite(table["knn_top1"]):
-        return None
-    return table
+    return table, features[1], test

@@ -1,0 +1,56 @@
+import math
+
+import pytest
+import torch
+
+from selfsup.eval.knn import knn_accuracy, knn_predict
+from selfsup.eval.linear import linear_probe_accuracy
+
+
+def naive_weighted_knn(train, train_labels, test, num_classes, k, temperature):
+    """Straight from Wu et al. 2018: loop over test points, sort neighbours by cosine, vote exp(s/T)."""
+    scores = []
+    for query in test.double():
+        similarities = []
+        for feature, label in zip(train.double(), train_labels.tolist()):
+            cosine = float(query @ feature / (query.norm() * feature.norm()))
+            similarities.append((cosine, label))
+        similarities.sort(key=lambda pair: -pair[0])
+        votes = [0.0] * num_classes
+        for cosine, label in similarities[:k]:
+            votes[label] += math.exp(cosine / temperature)
+        scores.append(votes)
+    return torch.tensor(scores, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("k, temperature", [(1, 0.1), (5, 0.07), (200, 0.1), (7, 1.0)])
+def test_knn_matches_naive_reference(k, temperature):
+    generator = torch.Generator().manual_seed(k)
+    train = torch.randn(60, 8, generator=generator)
+    labels = torch.randint(0, 4, (60,), generator=generator)
+    test = torch.randn(15, 8, generator=generator)
+    expected = naive_weighted_knn(train, labels, test, 4, min(k, 60), temperature)
+    scores = knn_predict(train, labels, test, 4, k=k, temperature=temperature, chunk_size=4)
+    torch.testing.assert_close(scores.double(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_knn_accuracy_on_separable_clusters_and_errors():
+    generator = torch.Generator().manual_seed(0)
+    centers = torch.eye(3) * 10
+    labels = torch.arange(3).repeat_interleave(20)
+    train = centers[labels] + torch.randn(60, 3, generator=generator)
+    test = centers[labels] + torch.randn(60, 3, generator=generator)
+    assert knn_accuracy(train, labels, test, labels, k=10) == 100.0
+    with pytest.raises(ValueError, match="labels"):
+        knn_predict(train, labels[:5], test, 3)
+
+
+def test_linear_probe_learns_a_linear_rule_and_not_noise():
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(400, 10, generator=generator)
+    labels = (features[:, 0] + 0.5 * features[:, 1] > 0).long()
+    test = torch.randn(200, 10, generator=generator)
+    test_labels = (test[:, 0] + 0.5 * test[:, 1] > 0).long()
+    assert linear_probe_accuracy(features, labels, test, test_labels, epochs=30) > 95
+    noise_labels = torch.randint(0, 2, (200,), generator=generator)
+    assert linear_probe_accuracy(features, labels, test, noise_labels, epochs=30) < 65

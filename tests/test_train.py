@@ -1,0 +1,127 @@
+"""End to end: the selfsup command on a small real subset, and exact resume."""
+
+import json
+
+import pytest
+import torch
+
+from selfsup.cli import main
+from selfsup.config import PretrainConfig
+from selfsup.models import build_torchvision_resnet
+from selfsup.train.checkpoint import list_checkpoints, load_checkpoint
+from selfsup.train.loop import pretrain
+
+TINY = ["--width", "0.125", "--projection-hidden-dim", "64", "--projection-dim", "32",
+        "--prediction-hidden-dim", "64", "--no-progress", "--num-workers", "0", "--linear-epochs", "5"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["byol", "simclr"])
+def test_cli_pretrain_eval_export_on_cifar_subset(method, cifar_subset, tmp_path, capsys):
+    train_dir, test_dir = cifar_subset
+    out = tmp_path / "run"
+    code = main(["pretrain", "--method", method, "--data", str(train_dir), "--test-data", str(test_dir),
+                 "--epochs", "2", "--batch-size", "24", "--out", str(out), *TINY])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "kNN" in printed and "random init" in printed and "raw pixels" in printed
+    table = json.loads((out / "eval.json").read_text())
+    assert 0 <= table["knn_top1"] <= 100 and 0 <= table["linear_top1"] <= 100
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 2 * (72 // 24)
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows if "loss" in r)
+    checkpoints = list_checkpoints(out / "checkpoints")
+    assert checkpoints and load_checkpoint(checkpoints[-1])["step"] == 6
+
+    code = main(["eval", "--checkpoint", str(out / "backbone.pt"), "--train-data", str(train_dir),
+                 "--test-data", str(test_dir), "--linear-epochs", "5", "--no-baselines", "--out", str(tmp_path)])
+    assert code == 0
+    assert set(json.loads(capsys.readouterr().out.strip().splitlines()[-1])) == {"knn_top1", "linear_top1"}
+    assert json.loads((tmp_path / "eval.json").read_text())["rows"][0]["name"] == "pretrained"
+
+    exported = tmp_path / "resnet18.pt"
+    assert main(["export", "--checkpoint", str(out / "backbone.pt"), "--output", str(exported)]) == 0
+    state = torch.load(exported, weights_only=True)
+    assert not any(key.startswith("fc.") for key in state)
+
+
+def test_export_loads_into_plain_torchvision_resnet(tmp_path):
+    from selfsup.eval.run import export_torchvision, load_backbone
+    from selfsup.models import ResNetBackbone
+    from selfsup.train.checkpoint import save_checkpoint
+
+    backbone = ResNetBackbone("resnet18", cifar_stem=True)
+    save_checkpoint({"backbone": backbone.state_dict(), "backbone_config": {
+        "name": "resnet18", "cifar_stem": True, "width": 1.0}, "image_size": 32}, tmp_path / "b.pt")
+    export_torchvision(tmp_path / "b.pt", tmp_path / "tv.pt")
+    model = build_torchvision_resnet("resnet18", cifar_stem=True)
+    result = model.load_state_dict(torch.load(tmp_path / "tv.pt", weights_only=True), strict=False)
+    assert sorted(result.missing_keys) == ["fc.bias", "fc.weight"] and not result.unexpected_keys
+    model.fc = torch.nn.Identity()
+    loaded, _ = load_backbone(tmp_path / "b.pt")
+    images = torch.randn(2, 3, 32, 32)
+    model.eval(), loaded.eval()
+    torch.testing.assert_close(model(images), loaded(images))
+
+
+@pytest.fixture
+def digits_subset(tmp_path):
+    """256 real digits as an array file: 8 steps an epoch at batch 32."""
+    import numpy as np
+
+    from selfsup.data.datasets import load_digits_data
+
+    data = load_digits_data("train")
+    path = tmp_path / "digits256.npz"
+    np.savez(path, images=data.images[:256].numpy(), labels=data.labels[:256].numpy())
+    return str(path)
+
+
+def _config(tmp_path, name, data, **overrides):
+    values = dict(method="byol", data=data, out=str(tmp_path / name), image_size=16, width=0.125,
+                  projection_hidden_dim=64, projection_dim=32, prediction_hidden_dim=64, batch_size=32,
+                  epochs=2, warmup_epochs=0.5, eval_at_end=False, progress=False, log_every=2, num_workers=0,
+                  checkpoint_every_steps=3, keep_checkpoints=10)
+    values.update(overrides)
+    return PretrainConfig(**values)
+
+
+@pytest.mark.parametrize("method", ["byol", "simclr"])
+def test_resume_from_mid_epoch_is_bitwise_exact(tmp_path, method, digits_subset):
+    # 256 images -> 8 steps/epoch at batch 32, 16 steps in all; checkpoints every 3 steps.
+    uninterrupted = pretrain(_config(tmp_path, "full", digits_subset, method=method), log=lambda *_: None)
+    interrupted = _config(tmp_path, "split", digits_subset, method=method, max_steps=13)
+    pretrain(interrupted, log=lambda *_: None)
+    mid_epoch = [p for p in list_checkpoints(tmp_path / "split" / "checkpoints")
+                 if load_checkpoint(p)["step"] == 12][0]  # step 12: epoch 2, batch 4
+    resumed = pretrain(_config(tmp_path, "split", digits_subset, method=method), resume=mid_epoch,
+                       log=lambda *_: None)
+    assert uninterrupted.steps == resumed.steps == 16
+    full = load_checkpoint(uninterrupted.checkpoint)
+    again = load_checkpoint(resumed.checkpoint)
+    for key, value in full["model"].items():
+        assert torch.equal(value, again["model"][key]), key
+    for group_a, group_b in zip(full["optimizer"]["state"].values(), again["optimizer"]["state"].values()):
+        assert torch.equal(group_a["momentum_buffer"], group_b["momentum_buffer"])
+    steps = [json.loads(line)["step"] for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps), "the metrics file reads as one run after a resume"
+
+
+def test_resume_refuses_a_different_model(tmp_path, digits_subset):
+    first = pretrain(_config(tmp_path, "a", digits_subset, max_steps=3), log=lambda *_: None)
+    with pytest.raises(ValueError, match="method"):
+        pretrain(_config(tmp_path, "a", digits_subset, method="simclr"), resume=first.checkpoint,
+                 log=lambda *_: None)
+
+
+def test_cli_errors_are_one_clear_line(tmp_path, capsys):
+    assert main(["pretrain", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
+    assert "nowhere" in capsys.readouterr().err
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("epochs: 3\nbatchsize: 4\n")
+    assert main(["pretrain", "--config", str(recipe)]) == 2
+    assert "'batchsize'" in capsys.readouterr().err
+    assert main(["pretrain", "--batch-size", "5000", "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    assert "batch_size" in capsys.readouterr().err
+    assert main(["eval", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
+    assert "missing.pt" in capsys.readouterr().err

@@ -69,10 +69,9 @@ def floor_step(method: str, model: nn.Module, view1, view2, dtype: str) -> Calla
     return simclr if method == "simclr" else byol
 
 
-def selfsup_step(method: str, model: nn.Module, view1, view2, dtype: str) -> Callable[[], None]:
+def selfsup_step(method: str, model: nn.Module, view1, view2, dtype: str,
+                 optimizer: torch.optim.Optimizer) -> Callable[[], None]:
     """(b) selfsup's full training step."""
-    optimizer = build_optimizer("lars", model, lr=LR, weight_decay=WEIGHT_DECAY)
-
     def step() -> None:
         with autocast(dtype):
             loss = model(view1, view2).loss
@@ -82,6 +81,43 @@ def selfsup_step(method: str, model: nn.Module, view1, view2, dtype: str) -> Cal
         model.update_target(MOMENTUM_EMA)
 
     return step
+
+
+def overhead_parts(method: str, model: nn.Module, optimizer: torch.optim.Optimizer, batch: int,
+                   repeats: int) -> dict[str, float]:
+    """Median seconds of each part of the step beyond the floor, timed alone (less noisy than the
+    difference of two whole steps): the loss's forward and backward on embeddings of the step's
+    shapes, the LARS step and zero_grad on the model's gradients, and the EMA update."""
+    dim = 128 if method == "simclr" else 256
+    z1, z2 = (torch.randn(batch, dim, requires_grad=True) for _ in range(2))
+
+    def loss() -> None:
+        model.criterion(z1, z2).backward()
+
+    def optimizer_step() -> None:
+        for parameter in model.parameters():
+            if parameter.requires_grad and parameter.grad is None:
+                parameter.grad = torch.randn_like(parameter)
+        optimizer.step()
+
+    parts = {"loss fwd+bwd": loss, "LARS step": optimizer_step,
+             "zero_grad": lambda: optimizer.zero_grad(set_to_none=True)}
+    if method == "byol":
+        parts["EMA update"] = lambda: model.update_target(MOMENTUM_EMA)
+    seconds = {}
+    for name, part in parts.items():
+        if name == "zero_grad":
+            optimizer_step()
+        part()
+        times = []
+        for _ in range(repeats):
+            if name == "zero_grad":
+                optimizer_step()  # gradients to clear, outside the timing
+            start = time.perf_counter()
+            part()
+            times.append(time.perf_counter() - start)
+        seconds[name] = statistics.median(times)
+    return seconds
 
 
 def lightly_step(method: str, width: float, view1, view2, dtype: str) -> Callable[[], None]:
@@ -157,8 +193,9 @@ def main() -> None:
     rows, ratios = [], {}
     for method in args.methods:
         model = (SimCLR if method == "simclr" else BYOL)(backbone(args.width)).train()
+        optimizer = build_optimizer("lars", model, lr=LR, weight_decay=WEIGHT_DECAY)
         variants = {"floor": floor_step(method, model, view1, view2, args.dtype),
-                    "selfsup step": selfsup_step(method, model, view1, view2, args.dtype)}
+                    "selfsup step": selfsup_step(method, model, view1, view2, args.dtype, optimizer)}
         if lightly_version:
             variants["lightly step"] = lightly_step(method, args.width, view1, view2, args.dtype)
         for run in variants.values():  # warm-up: allocator, oneDNN primitives, optimizer state
@@ -173,20 +210,26 @@ def main() -> None:
         for name, value in median.items():
             rows.append((method, name, value, args.batch_size / value, value / median["floor"]))
         ratios[f"{method}_selfsup_vs_floor"] = median["selfsup step"] / median["floor"]
+        parts = overhead_parts(method, model, optimizer, args.batch_size, repeats=max(5, args.steps))
+        for name, value in parts.items():
+            rows.append((method, f"  {name}", value, float("nan"), value / median["floor"]))
+        ratios[f"{method}_floor_plus_parts_vs_floor"] = 1 + sum(parts.values()) / median["floor"]
         if lightly_version:
             ratios[f"{method}_selfsup_vs_lightly"] = median["selfsup step"] / median["lightly step"]
 
     print(f"\ntraining step, ResNet-18 CIFAR stem (width {args.width}), {args.image_size} px, batch "
           f"{args.batch_size}, {args.dtype}, {torch.get_num_threads()} threads, medians of {args.steps} "
           f"(torch {torch.__version__}, lightly {lightly_version}, {platform.machine()})")
-    print(f"{'method':<7} {'variant':<13} {'s/step':>9} {'images/s':>9} {'vs floor':>9}")
+    print(f"{'method':<7} {'variant':<15} {'s/step':>9} {'images/s':>9} {'vs floor':>9}")
     for method, name, value, images_per_second, relative in rows:
-        print(f"{method:<7} {name:<13} {value:>9.3f} {images_per_second:>9.1f} {relative:>8.3f}x")
+        print(f"{method:<7} {name:<15} {value:>9.4f} {images_per_second:>9.1f} {relative:>8.4f}x")
+    print("(indented rows: the step's parts beyond the floor, each timed alone; floor_plus_parts_vs_floor\n"
+          " in the JSON line is 1 + their sum / floor, the step's overhead free of the noise between steps)")
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS of this process (all variants): {peak_rss_mib:.0f} MiB")
     print(json.dumps({"benchmark": "step", "batch_size": args.batch_size, "width": args.width,
                       "dtype": args.dtype, "threads": torch.get_num_threads(), "lightly": lightly_version,
-                      "seconds": {f"{m}_{n.replace(' ', '_')}": round(v, 4) for m, n, v, _, _ in rows},
+                      "seconds": {f"{m}_{n.strip().replace(' ', '_')}": round(v, 5) for m, n, v, _, _ in rows},
                       "ratios": {k: round(v, 4) for k, v in ratios.items()},
                       "peak_rss_mib": round(peak_rss_mib)}))
 

@@ -16,7 +16,7 @@ pytest.importorskip("matplotlib")
 
 from PIL import Image  # noqa: E402
 
-from selfsup import report  # noqa: E402
+import selfsup.files  # noqa: E402
 from selfsup.report import _running_mean, plot_monitors, write_pretrain_report  # noqa: E402
 
 ALL_FIGURES = {"training_curves.png", "accuracy.png", "monitors.png", "embedding_map.png"}
@@ -120,7 +120,7 @@ def test_failed_write_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.Mon
     def failing_replace(source: str, destination: str) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(report.os, "replace", failing_replace)
+    monkeypatch.setattr(selfsup.files.os, "replace", failing_replace)
     with pytest.raises(OSError, match="disk full"):
         write_pretrain_report(tmp_path, [])
     assert target.read_text() == "old report" and [p.name for p in tmp_path.iterdir()] == ["report.md"]

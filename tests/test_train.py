@@ -46,7 +46,8 @@ def test_cli_pretrain_eval_export_on_cifar_subset(method, cifar_subset, tmp_path
 
 
 def test_export_loads_into_plain_torchvision_resnet(tmp_path):
-    from selfsup.eval.run import export_torchvision, load_backbone
+    from selfsup.eval.pretrained import load_backbone
+    from selfsup.eval.run import export_torchvision
     from selfsup.models import ResNetBackbone
     from selfsup.train.checkpoint import save_checkpoint
 
@@ -58,7 +59,7 @@ def test_export_loads_into_plain_torchvision_resnet(tmp_path):
     result = model.load_state_dict(torch.load(tmp_path / "tv.pt", weights_only=True), strict=False)
     assert sorted(result.missing_keys) == ["fc.bias", "fc.weight"] and not result.unexpected_keys
     model.fc = torch.nn.Identity()
-    loaded, _ = load_backbone(tmp_path / "b.pt")
+    loaded = load_backbone(tmp_path / "b.pt")
     images = torch.randn(2, 3, 32, 32)
     model.eval(), loaded.eval()
     torch.testing.assert_close(model(images), loaded(images))

@@ -4,14 +4,15 @@ saving results atomically."""
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from selfsup.files import atomic_torch_save, atomic_write_text
 from selfsup.models.backbones import ResNetBackbone
+from selfsup.train.checkpoint import load_checkpoint
+from selfsup.transforms.views import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _resnet_config_from_state_dict(state_dict: dict[str, torch.Tensor], path: Path) -> dict[str, Any]:
@@ -33,22 +34,26 @@ def _resnet_config_from_state_dict(state_dict: dict[str, torch.Tensor], path: Pa
 
 
 def load_backbone(path: str | Path) -> ResNetBackbone:
+    """See :func:`load_backbone_and_metadata`; the backbone alone."""
+    return load_backbone_and_metadata(path)[0]
+
+
+def load_backbone_and_metadata(path: str | Path) -> tuple[ResNetBackbone, dict[str, Any]]:
     """A :class:`ResNetBackbone` with the weights of ``path``.
 
     Accepts a selfsup pretraining checkpoint (a dict with ``"backbone"``, a ResNetBackbone state dict,
     and ``"backbone_config"``, ``{"name", "cifar_stem", "width"}``) or a plain torchvision-named ResNet
     state dict (what ``selfsup export`` writes, or torchvision's ImageNet files; ``fc.*`` is dropped).
-    Loading is strict: a missing or unexpected weight is an error naming the file.
+    Loading is strict: a missing or unexpected weight is an error naming the file. Loading is safe
+    (``weights_only=True``): a file carrying code is refused.
+
+    Returns the backbone and what the checkpoint says about its inputs: ``image_size`` (None when
+    unknown), ``mean`` and ``std`` (ImageNet's when unknown).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for corrupt or unsafe files
-        raise ValueError(f"cannot load checkpoint {path}: {error}") from error
-    if not isinstance(content, dict):
-        raise ValueError(f"{path}: expected a dict, got {type(content).__name__}")
+    content = load_checkpoint(path)
     if "backbone" in content:
         config = content.get("backbone_config")
         if not isinstance(config, dict) or not {"name", "cifar_stem", "width"} <= set(config):
@@ -67,7 +72,9 @@ def load_backbone(path: str | Path) -> ResNetBackbone:
         backbone.resnet.load_state_dict(state_dict, strict=True)
     except RuntimeError as error:
         raise ValueError(f"{path}: weights do not fit a {config}: {error}") from error
-    return backbone
+    metadata = {"image_size": content.get("image_size"), "mean": tuple(content.get("mean", IMAGENET_MEAN)),
+                "std": tuple(content.get("std", IMAGENET_STD)), "backbone_config": config}
+    return backbone, metadata
 
 
 def backbone_config(backbone: ResNetBackbone) -> dict[str, Any]:
@@ -75,17 +82,8 @@ def backbone_config(backbone: ResNetBackbone) -> dict[str, Any]:
 
 
 def save_atomically(content: Any, path: str | Path) -> None:
-    """``torch.save`` (or JSON for a ``.json`` path) to a temporary file, then rename: never half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            if path.suffix == ".json":
-                handle.write((json.dumps(content, indent=2) + "\n").encode())
-            else:
-                torch.save(content, handle)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    """``torch.save`` (or JSON for a ``.json`` path), written atomically: never half-written."""
+    if Path(path).suffix == ".json":
+        atomic_write_text(path, json.dumps(content, indent=2) + "\n")
+    else:
+        atomic_torch_save(content, path)

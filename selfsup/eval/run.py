@@ -2,31 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
-import torch
-
 from selfsup.config import EvalConfig
 from selfsup.data.datasets import load_image_data
-from selfsup.models import ResNetBackbone
-from selfsup.train.checkpoint import CheckpointError, atomic_write_bytes, atomic_write_text, load_checkpoint
-from selfsup.transforms.views import IMAGENET_MEAN, IMAGENET_STD
-
-
-def load_backbone(path: str | Path) -> tuple[ResNetBackbone, dict]:
-    """A :class:`ResNetBackbone` from a pretraining checkpoint or ``backbone.pt`` (safe loading), with the
-    metadata saved beside it (image_size, mean, std)."""
-    state = load_checkpoint(path)
-    if "backbone" not in state or "backbone_config" not in state:
-        raise CheckpointError(f"{path} is not a selfsup checkpoint (no 'backbone' weights and config in it)")
-    cfg = state["backbone_config"]
-    backbone = ResNetBackbone(cfg["name"], cifar_stem=cfg["cifar_stem"], width=cfg["width"])
-    backbone.load_state_dict(state["backbone"])
-    meta = {"image_size": state.get("image_size"), "mean": tuple(state.get("mean", IMAGENET_MEAN)),
-            "std": tuple(state.get("std", IMAGENET_STD)), "backbone_config": cfg}
-    return backbone, meta
+from selfsup.eval.pretrained import load_backbone, load_backbone_and_metadata
+from selfsup.files import atomic_torch_save, atomic_write_text
 
 
 def run_evaluation(config: EvalConfig, log=print) -> dict:
@@ -36,7 +18,7 @@ def run_evaluation(config: EvalConfig, log=print) -> dict:
 
     if config.checkpoint is None:
         raise ValueError("setting 'checkpoint' is required: the pretraining checkpoint or backbone.pt to evaluate")
-    backbone, meta = load_backbone(config.checkpoint)
+    backbone, meta = load_backbone_and_metadata(config.checkpoint)
     device = resolve_device(config.device)
     backbone.to(device)
     train = load_image_data(config.train_data, "train")
@@ -58,8 +40,5 @@ def run_evaluation(config: EvalConfig, log=print) -> dict:
 
 def export_torchvision(checkpoint: str | Path, output: str | Path) -> Path:
     """Write the backbone's weights under torchvision's names (``torchvision.models.resnetXX``, no ``fc``)."""
-    backbone, _ = load_backbone(checkpoint)
-    buffer = io.BytesIO()
-    torch.save(backbone.torchvision_state_dict(), buffer)
-    atomic_write_bytes(output, buffer.getvalue())
-    return Path(output)
+    backbone = load_backbone(checkpoint)
+    return atomic_torch_save(backbone.torchvision_state_dict(), output)

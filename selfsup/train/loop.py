@@ -22,6 +22,7 @@ from selfsup.config import PretrainConfig, resolve, to_dict
 from selfsup.data.datasets import ImageData, load_image_data
 from selfsup.data.loading import FileTwoViewBatches, InMemoryTwoViewBatches, PerImageTwoViews
 from selfsup.eval.monitors import collapse_warning, embedding_monitors
+from selfsup.eval.pretrained import backbone_config
 from selfsup.methods import BYOL, SimCLR, cosine_momentum
 from selfsup.models import ResNetBackbone
 from selfsup.train.checkpoint import (
@@ -232,7 +233,7 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None, log=print
                  "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": at_step,
                  "epoch": at_step // steps_per_epoch, "config": to_dict(config), "image_size": image_size,
                  "mean": list(mean), "std": list(std), "rng": _rng_state(),
-                 "backbone": backbone.state_dict(), "backbone_config": _backbone_config(backbone),
+                 "backbone": backbone.state_dict(), "backbone_config": backbone_config(backbone),
                  "classes": data.classes or []}
         if probe is not None:
             state["probe"] = probe.state_dict()
@@ -274,6 +275,10 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None, log=print
                 if config.channels_last:
                     view1 = view1.contiguous(memory_format=torch.channels_last)
                     view2 = view2.contiguous(memory_format=torch.channels_last)
+                # The forward pass updates BatchNorm's running statistics: a skipped step puts them back, else
+                # one NaN batch leaves NaN statistics (and NaN features at evaluation) for good.
+                saved_buffers = [b.detach().clone() for b in method.buffers()] \
+                    if config.on_nonfinite == "skip" else None
                 with torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext():
                     output = model(view1, view2)
                 loss = output.loss
@@ -283,12 +288,19 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None, log=print
                                "causes: a learning rate too high for this batch size, fp16 overflow (try "
                                "precision bf16 or fp32), or corrupt input images.")
                     if config.on_nonfinite == "stop":
-                        raise NonFiniteLossError(message + f" The last good checkpoint is in {checkpoint_dir}.")
+                        good = list_checkpoints(checkpoint_dir)
+                        raise NonFiniteLossError(message + (f" The last good checkpoint is {good[-1]}." if good
+                                                            else " No checkpoint was written before it."))
                     log("skipping step: " + message)
+                    with torch.no_grad():
+                        for buffer, saved in zip(method.buffers(), saved_buffers):
+                            buffer.copy_(saved)
                     optimizer.zero_grad(set_to_none=True)
                     skipped_steps += 1
                     scheduler.step()
                     step += 1
+                    if step >= last_step:
+                        break
                     continue
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -365,8 +377,8 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None, log=print
     table = None
     if is_main:
         atomic_write_text(out_dir / "backbone_config.json", json.dumps(
-            {**_backbone_config(backbone), "image_size": image_size, "mean": list(mean), "std": list(std)}))
-        save_checkpoint({"backbone": backbone.state_dict(), "backbone_config": _backbone_config(backbone),
+            {**backbone_config(backbone), "image_size": image_size, "mean": list(mean), "std": list(std)}))
+        save_checkpoint({"backbone": backbone.state_dict(), "backbone_config": backbone_config(backbone),
                          "image_size": image_size, "mean": list(mean), "std": list(std)},
                         out_dir / "backbone.pt")
         test_features = test = None
@@ -387,11 +399,6 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None, log=print
             log(f"report: {report}")
     dist.barrier()
     return PretrainResult(out_dir=out_dir, backbone=backbone, steps=step, checkpoint=last_checkpoint, table=table)
-
-
-def _backbone_config(backbone: ResNetBackbone) -> dict:
-    return {"name": backbone.name, "cifar_stem": backbone.cifar_stem, "width": backbone.width,
-            "feature_dim": backbone.feature_dim}
 
 
 def _embedding_monitors(embeddings: tuple[torch.Tensor, torch.Tensor]) -> dict:
@@ -426,6 +433,9 @@ def _final_evaluation(config, backbone, data, image_size, mean, std, device, log
     from selfsup.eval.features import extract_features
     from selfsup.eval.table import evaluation_table, format_table
 
+    if data.labels is not None and data.num_classes < 2:
+        log(f"{data.name} has {data.num_classes} class: skipping the kNN / linear table, which needs at least 2")
+        return None, None, None
     test = _test_split(config, data)
     if test is None or test.labels is None or data.num_classes < 2:
         log("no labelled test data: skipping the kNN / linear table (give --test-data)")

@@ -56,6 +56,10 @@ class ViewParameters:
         return ViewParameters(**{f.name: getattr(self, f.name).to(device, non_blocking=True)
                                  for f in fields(self)})
 
+    def rows(self, start: int, stop: int) -> ViewParameters:
+        """The parameters of images ``start`` to ``stop - 1``."""
+        return ViewParameters(**{f.name: getattr(self, f.name)[start:stop] for f in fields(self)})
+
 
 class BatchedViewAugment(nn.Module):
     """One view of every image of a batch, on the batch's device: uint8 (B, C, H, W), C in {1, 3}
@@ -168,16 +172,31 @@ class BatchedViewAugment(nn.Module):
 
 
 class BatchedTwoViews(nn.Module):
-    """Two independently augmented views of every image of a batch: ``(first(images), second(images))``."""
+    """Two independently augmented views of every image of a batch: ``(first(images), second(images))``.
+
+    In a distributed run each process holds rows ``first_row ...`` of a global batch of ``global_batch``
+    images: the parameters of the whole global batch are drawn (a few numbers per image, cheap) and this
+    process's rows kept, so the views do not depend on how the global batch is split over processes.
+    """
 
     def __init__(self, first: BatchedViewAugment, second: BatchedViewAugment | None = None) -> None:
         super().__init__()
         self.first = first
         self.second = second if second is not None else first
 
-    def forward(self, images: torch.Tensor,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.first(images, generator), self.second(images, generator)
+    def forward(self, images: torch.Tensor, generator: torch.Generator | None = None, first_row: int = 0,
+                global_batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        _check_images(images)
+        batch, _, height, width = images.shape
+        global_batch = batch if global_batch is None else global_batch
+        if not 0 <= first_row <= global_batch - batch:
+            raise ValueError(f"BatchedTwoViews: rows {first_row}..{first_row + batch - 1} are not inside a "
+                             f"global batch of {global_batch} images")
+        # Both views' parameters are drawn before either is applied (apply draws nothing).
+        parameters = [view.sample_parameters(global_batch, height, width, generator, device=images.device)
+                      for view in (self.first, self.second)]
+        first, second = (p.rows(first_row, first_row + batch).to(images.device) for p in parameters)
+        return self.first.apply(images, first), self.second.apply(images, second)
 
     @classmethod
     def simclr(cls, image_size: int, **kwargs) -> BatchedTwoViews:

@@ -43,7 +43,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
+    # surrogateescape: file names that are not UTF-8 (Linux allows any bytes) are written back as their
+    # original bytes instead of failing the write.
+    return atomic_write_bytes(path, text.encode("utf-8", "surrogateescape"))
 
 
 def atomic_torch_save(content: Any, path: str | Path) -> Path:

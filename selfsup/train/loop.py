@@ -201,6 +201,8 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None, log=print
         # BatchNorm without affine standardises the features, whose scale drifts while the backbone learns.
         probe = nn.Sequential(nn.BatchNorm1d(backbone.feature_dim, affine=False),
                               nn.Linear(backbone.feature_dim, data.num_classes)).to(device)
+        if world > 1 and config.sync_batchnorm:
+            probe = dist.convert_sync_batchnorm(probe, device)  # the global batch's statistics, as one process
         probe_optimizer = torch.optim.AdamW(probe.parameters(), lr=1e-2, weight_decay=0.0)
 
     step = 0

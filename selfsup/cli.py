@@ -78,11 +78,14 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     if config.devices > 1 and "WORLD_SIZE" not in __import__("os").environ:
         from selfsup.train.launch import launch_local
 
-        return launch_local(config.devices, sys.argv[1:])
+        return launch_local(config.devices, args.argv)
     from selfsup.train.loop import pretrain
 
     result = pretrain(config, resume=args.resume)
-    print(f"done: {result.steps} steps; outputs in {result.out_dir}")
+    from selfsup import dist
+
+    if dist.is_main_process():
+        print(f"done: {result.steps} steps; outputs in {result.out_dir}")
     return 0
 
 
@@ -137,7 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # what `pretrain --devices N` hands to the processes it starts
     from selfsup.data.images import BadImageError
     from selfsup.train.checkpoint import CheckpointError
 

@@ -127,6 +127,7 @@ class PretrainConfig:
     gather_distributed: bool = True  # SimCLR: negatives from all ranks
     momentum_base: float = 0.996  # BYOL's tau_base
     color_strength: float = 1.0  # SimCLR's s; 0.5 in its CIFAR-10 runs
+    crop_min_scale: float = 0.08  # smallest crop area fraction (both papers: 0.08)
     blur: bool | None = None  # None: off for images <= 64 px
     epochs: int = 100
     max_steps: int | None = None  # stop after this many steps (schedules still span all epochs)
@@ -169,6 +170,8 @@ class PretrainConfig:
                 raise ConfigError(f"setting '{name}' must be > 0, got {getattr(self, name)}")
         if self.image_size is not None and self.image_size < 8:
             raise ConfigError(f"setting 'image_size' must be >= 8, got {self.image_size}")
+        if not 0 < self.crop_min_scale <= 1:
+            raise ConfigError(f"setting 'crop_min_scale' must be in (0, 1], got {self.crop_min_scale}")
         if not 0 <= self.momentum_base <= 1:
             raise ConfigError(f"setting 'momentum_base' must be in [0, 1], got {self.momentum_base}")
         if self.max_steps is not None and self.max_steps < 1:

@@ -6,6 +6,7 @@ keeps resume exact (every random draw is a function of seed, epoch and batch; se
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import signal
@@ -96,7 +97,8 @@ def _two_view_recipes(config: PretrainConfig, image_size: int, mean, std):
         first = second = simclr_view(image_size, config.color_strength, mean, std, blur=config.blur)
     else:
         first, second = byol_views(image_size, mean, std, blur=config.blur)
-    return first, second
+    crop_scale = (config.crop_min_scale, 1.0)
+    return dataclasses.replace(first, crop_scale=crop_scale), dataclasses.replace(second, crop_scale=crop_scale)
 
 
 def build_batches(config: PretrainConfig, data: ImageData, image_size: int, mean, std, device: torch.device):

@@ -96,6 +96,7 @@ def test_temperature_experiment_end_to_end(tmp_path, capsys):
     assert main(["experiment", "temperature", *TINY, "--temperatures", "0.1", "0.5", "1.0", "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     assert [run["temperature"] for run in results["runs"]] == [0.1, 0.5, 1.0]
+    assert 0 <= results["initial_knn_top1"] <= 100
     for run in results["runs"]:
         assert 0 <= run["final_knn_top1"] <= 100
         assert 0 < run["top1pct_share"] <= 1 and run["negatives_per_anchor"] == 62  # 32 pairs
@@ -118,6 +119,7 @@ def test_byol_ablation_end_to_end(tmp_path, capsys):
     for run in results["runs"]:
         assert run["verdict"] in ("no collapse", "complete collapse", "dimensional collapse")
         assert run["std_over_isotropic"] == pytest.approx(run["normalized_std"] * math.sqrt(8))
+        assert run["knn_change_from_initial"] == pytest.approx(run["final_knn_top1"] - results["initial_knn_top1"])
     rows = json.loads((out / "runs" / "no-ema.json").read_text())
     assert all(row["momentum"] == 0.0 for row in rows if "momentum" in row)
     rows = json.loads((out / "runs" / "random-target.json").read_text())

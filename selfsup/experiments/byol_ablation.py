@@ -17,6 +17,7 @@ from selfsup.experiments.common import (
     Log,
     VariantRun,
     format_text_table,
+    initial_knn_top1,
     load_experiment_data,
     markdown_table,
     new_figure,
@@ -125,18 +126,24 @@ def run_byol_ablation(settings: ExperimentSettings, chosen: Sequence[str] | None
     chance = 100.0 / data.num_classes
     log(f"BYOL ablation {chosen} on {data.train.name} ({len(data.train)} images, {data.image_size} px), "
         f"kNN on {data.test.name} ({len(data.test)} images)")
+    initial_knn = initial_knn_top1(settings, data)
     runs = {key: train_variant(available[key].name, _byol_builder(settings, available[key].use_predictor), "byol",
                                settings, data, momentum_at=available[key].momentum_at, log=log)
             for key in chosen}
     summaries = [_summary(key, available[key], run, dim, chance) for key, run in runs.items()]
+    for summary in summaries:
+        summary["knn_change_from_initial"] = summary["final_knn_top1"] - initial_knn
 
-    header = ["variant", "target", "kNN top-1 (%)", "normalized std", "std × √D", "RankMe", "verdict"]
-    table_rows = [[s["name"], s["target"], s["final_knn_top1"], s.get("normalized_std", ""),
-                   s.get("std_over_isotropic", ""), s.get("rankme", ""), s["verdict"]] for s in summaries]
+    header = ["variant", "target", "kNN top-1 (%)", "kNN change from init", "normalized std", "std × √D",
+              "RankMe", "verdict"]
+    table_rows = [[s["name"], s["target"], s["final_knn_top1"], s["knn_change_from_initial"],
+                   s.get("normalized_std", ""), s.get("std_over_isotropic", ""), s.get("rankme", ""), s["verdict"]]
+                  for s in summaries]
     results = {"experiment": "byol-ablation", "command": command, "settings": settings.__dict__,
                "momentum_base": momentum_base, "train_data": data.train.name, "train_images": len(data.train),
                "test_data": data.test.name, "test_images": len(data.test), "image_size": data.image_size,
-               "embedding_dim": dim, "isotropic_std": 1 / math.sqrt(dim), "chance_top1": chance,
+               "embedding_dim": dim, "isotropic_std": 1 / math.sqrt(dim), "initial_knn_top1": initial_knn,
+               "chance_top1": chance,
                "runs": summaries}
 
     steps = max((row["step"] for run in runs.values() for row in run.rows), default=0)
@@ -146,7 +153,9 @@ def run_byol_ablation(settings: ExperimentSettings, chosen: Sequence[str] | None
     lines += [f"Each variant trained for {settings.epochs} epochs ({steps} steps, batch {settings.batch_size}) on "
               f"{len(data.train)} images of {data.train.name} at {data.image_size} px, ResNet-18 at width "
               f"{settings.width:g}, from the same initial weights and with the same views; kNN (k = "
-              f"{settings.knn_k}) on {len(data.test)} images of {data.test.name}. Chance is {chance:.3g}%.", "",
+              f"{settings.knn_k}) on {len(data.test)} images of {data.test.name}. Chance is {chance:.3g}%; the "
+              f"randomly initialised backbone that every variant starts from has a kNN top-1 of {initial_knn:.2f}%.",
+              "",
               f"The monitors are of the final projections (D = {dim}) of {settings.analysis_pairs} pairs of fresh "
               f"views: healthy embeddings have a normalized std near 1/√D = {1 / math.sqrt(dim):.4f} (std × √D "
               "near 1); complete collapse drives it to 0 (warning below 0.2), dimensional collapse drives "

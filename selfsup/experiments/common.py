@@ -188,6 +188,15 @@ def knn_top1(backbone: nn.Module, data: ExperimentData, settings: ExperimentSett
                         settings.knn_temperature)
 
 
+def initial_knn_top1(settings: ExperimentSettings, data: ExperimentData) -> float:
+    """kNN top-1 (%) of the backbone every variant starts from (same seed, so the same weights): the level
+    that training must beat, above chance since even random convolutions give usable features."""
+    torch.manual_seed(settings.seed)
+    backbone = build_backbone(pretrain_config(settings, "simclr"), data.image_size)
+    device = resolve_device(settings.device)
+    return knn_top1(backbone.to(device), data, settings, device)
+
+
 @torch.no_grad()
 def final_embeddings(method: nn.Module, batches, epoch: int, pairs: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Projections of up to ``pairs`` pairs of views drawn as in training (epoch ``epoch``, one not trained

@@ -25,6 +25,7 @@ from selfsup.experiments.common import (
     Log,
     VariantRun,
     format_text_table,
+    initial_knn_top1,
     load_experiment_data,
     markdown_table,
     new_figure,
@@ -192,6 +193,7 @@ def run_temperature_experiment(settings: ExperimentSettings, temperatures: Seque
     data = load_experiment_data(settings)
     log(f"SimCLR temperature sweep {temperatures} on {data.train.name} ({len(data.train)} images, "
         f"{data.image_size} px), kNN on {data.test.name} ({len(data.test)} images)")
+    initial_knn = initial_knn_top1(settings, data)
     runs = {t: train_variant(f"t={t:g}", _simclr_builder(settings, t), "simclr", settings, data, log=log)
             for t in temperatures}
     summaries = [_summary(run, t) for t, run in runs.items()]
@@ -207,7 +209,7 @@ def run_temperature_experiment(settings: ExperimentSettings, temperatures: Seque
     results = {"experiment": "temperature", "command": command, "settings": settings.__dict__,
                "train_data": data.train.name, "train_images": len(data.train), "test_data": data.test.name,
                "test_images": len(data.test), "image_size": data.image_size,
-               "chance_top1": 100.0 / data.num_classes, "runs": summaries,
+               "initial_knn_top1": initial_knn, "chance_top1": 100.0 / data.num_classes, "runs": summaries,
                "best_temperature": best["temperature"] if best else None,
                "best_inside_range": bool(best and temperatures[0] < best["temperature"] < temperatures[-1])}
 
@@ -218,7 +220,8 @@ def run_temperature_experiment(settings: ExperimentSettings, temperatures: Seque
     lines += [f"SimCLR at {len(temperatures)} temperatures, each for {settings.epochs} epochs ({steps} steps, batch "
               f"{settings.batch_size}) on {len(data.train)} images of {data.train.name} at {data.image_size} px, "
               f"ResNet-18 at width {settings.width:g}; kNN (k = {settings.knn_k}) on {len(data.test)} images of "
-              f"{data.test.name}. Chance is {100.0 / data.num_classes:.3g}%.", ""]
+              f"{data.test.name}. Chance is {100.0 / data.num_classes:.3g}%; the "
+              f"randomly initialised backbone that every run starts from has a kNN top-1 of {initial_knn:.2f}%.", ""]
     if best:
         where = "inside the range" if results["best_inside_range"] else "at an end of the range"
         lines += [f"**Best kNN accuracy: {best['final_knn_top1']:.2f}% at t = {best['temperature']:g}** ({where}).", ""]

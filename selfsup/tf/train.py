@@ -202,11 +202,8 @@ def extract_features_tf(encoder: keras.Model, images: np.ndarray, mean: Sequence
     images' side), normalization by ``mean`` and ``std`` (those used in pretraining)."""
     images = _check_images(images, "images")
     image_size = image_size or images.shape[1]
-
-    @tf.function(reduce_retracing=True)
-    def features_of(batch):
-        return encoder(eval_preprocess(batch, image_size, mean, std, resize), training=False)
-
-    chunks = [features_of(tf.constant(images[start:start + batch_size])).numpy()
-              for start in range(0, len(images), batch_size)]
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        batch = eval_preprocess(tf.constant(images[start:start + batch_size]), image_size, mean, std, resize)
+        chunks.append(encoder(batch, training=False).numpy())
     return np.concatenate(chunks).astype(np.float32, copy=False)

@@ -236,3 +236,4 @@ class EvalConfig:
     device: str = "auto"
     seed: int = 0
     num_workers: int = 2
+    skip_bad_images: bool = False  # leave out unreadable images instead of stopping

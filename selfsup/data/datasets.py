@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from selfsup.data.images import IMAGE_EXTENSIONS, BadImageError, read_rgb_image, square_resize
+from selfsup.data.images import IMAGE_EXTENSIONS, BadImageError, display_path, read_rgb_image, square_resize
 
 SMALL_IMAGE_SIDE = 64
 BUILTIN_DATASETS = ("digits", "fashion-mnist")
@@ -167,12 +167,6 @@ def _list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
-def _display_name(path: Path) -> str:
-    """A file name as printable text: bytes that are not UTF-8 (allowed on Linux) shown as \\xNN escapes,
-    so that class names survive printing, plotting and JSON."""
-    return os.fsencode(path.name).decode("utf-8", "backslashreplace")
-
-
 def scan_folder(folder: Path) -> tuple[list[Path], list[int] | None, list[str] | None]:
     """ImageFolder layout (one sub-folder of images per class) or a flat folder of unlabeled images."""
     if not folder.is_dir():
@@ -185,7 +179,7 @@ def scan_folder(folder: Path) -> tuple[list[Path], list[int] | None, list[str] |
             files = _list_images(class_dir)
             paths += files
             labels += [label] * len(files)
-        return paths, labels, [_display_name(d) for d in class_dirs]
+        return paths, labels, [display_path(d.name) for d in class_dirs]
     paths = _list_images(folder)
     if not paths:
         raise ValueError(f"data folder {folder} has no images (looked for {', '.join(IMAGE_EXTENSIONS)} "
@@ -239,11 +233,11 @@ def load_folder_data(folder: Path, skip_bad_images: bool = False, progress: bool
         side = max(read_rgb_image(paths[0]).size)
     label_tensor = torch.tensor(labels, dtype=torch.int64) if labels is not None else None
     if not in_memory:
-        return ImageData(name=_display_name(folder), paths=paths, labels=label_tensor, classes=classes)
+        return ImageData(name=display_path(folder.name), paths=paths, labels=label_tensor, classes=classes)
     images, kept, skipped = _decode_all(paths, int(side), skip_bad_images, progress)
     if label_tensor is not None:
         label_tensor = label_tensor[kept]
-    return ImageData(name=_display_name(folder), images=images, labels=label_tensor, classes=classes,
+    return ImageData(name=display_path(folder.name), images=images, labels=label_tensor, classes=classes,
                      skipped=skipped)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -24,6 +25,12 @@ def _sixteen_bit_to_rgb(image: Image.Image) -> Image.Image:
     return Image.fromarray(array).convert("RGB")
 
 
+def display_path(path: str | Path) -> str:
+    """``path`` as printable text: bytes of a file name that are not UTF-8 (Linux allows any) become
+    ``\\xNN`` escapes, so that messages naming the file can be printed and logged anywhere."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def read_rgb_image(path: str | Path) -> Image.Image:
     """Decode ``path`` fully and return it as RGB (greyscale, palette, RGBA and 16-bit images converted).
 
@@ -31,10 +38,11 @@ def read_rgb_image(path: str | Path) -> Image.Image:
         BadImageError: the file is missing, empty, unreadable, not an image, truncated or corrupt.
     """
     path = Path(path)
+    shown = display_path(path)
     hint = "remove or replace it, or pass --skip-bad-images to skip such files"
     try:
         if path.stat().st_size == 0:
-            raise BadImageError(f"image file {path} is empty (0 bytes); {hint}")
+            raise BadImageError(f"image file {shown} is empty (0 bytes); {hint}")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as opened:
@@ -48,15 +56,15 @@ def read_rgb_image(path: str | Path) -> Image.Image:
     except BadImageError:
         raise
     except FileNotFoundError:
-        raise BadImageError(f"image file {path} does not exist") from None
+        raise BadImageError(f"image file {shown} does not exist") from None
     except PermissionError:
-        raise BadImageError(f"image file {path} cannot be read (permission denied); {hint}") from None
+        raise BadImageError(f"image file {shown} cannot be read (permission denied); {hint}") from None
     except UnidentifiedImageError:
-        raise BadImageError(f"{path} is not an image file PIL can read; {hint}") from None
+        raise BadImageError(f"{shown} is not an image file PIL can read; {hint}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise BadImageError(f"image file {path} is too large to decode safely ({error}); {hint}") from None
+        raise BadImageError(f"image file {shown} is too large to decode safely ({error}); {hint}") from None
     except (OSError, SyntaxError, ValueError) as error:
-        raise BadImageError(f"image file {path} is truncated or corrupt ({error}); {hint}") from None
+        raise BadImageError(f"image file {shown} is truncated or corrupt ({error}); {hint}") from None
 
 
 def square_resize(image: Image.Image, side: int) -> Image.Image:

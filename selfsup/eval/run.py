@@ -21,11 +21,11 @@ def run_evaluation(config: EvalConfig, log=print) -> dict:
     backbone, meta = load_backbone_and_metadata(config.checkpoint)
     device = resolve_device(config.device)
     backbone.to(device)
-    train = load_image_data(config.train_data, "train")
+    train = load_image_data(config.train_data, "train", config.skip_bad_images)
     test_spec = config.test_data or (config.train_data if config.train_data in ("digits", "fashion-mnist") else None)
     if test_spec is None:
         raise ValueError("setting 'test_data' is required for a data folder (the labelled test split)")
-    test = load_image_data(test_spec, "test")
+    test = load_image_data(test_spec, "test", config.skip_bad_images)
     image_size = config.image_size or meta["image_size"] or 224
     table = evaluation_table(backbone, train, test, image_size, meta["mean"], meta["std"], config.knn_k,
                              config.knn_temperature, config.linear_epochs, config.baselines, device,

@@ -61,7 +61,14 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+_UNFINISHED_FILE = re.compile(r"^\.step_\d+\.pt\..*\.tmp$")  # see selfsup.files.atomic_write_bytes
+
+
 def prune_checkpoints(directory: str | Path, keep: int) -> None:
-    """Delete all but the newest ``keep`` checkpoints."""
+    """Delete all but the newest ``keep`` checkpoints, and the temporary files of writes that a killed run
+    left unfinished (called just after a write of ours has finished, so none is still in progress)."""
     for old in list_checkpoints(directory)[:-keep]:
         old.unlink(missing_ok=True)
+    for unfinished in Path(directory).glob(".step_*.tmp"):
+        if _UNFINISHED_FILE.match(unfinished.name):
+            unfinished.unlink(missing_ok=True)

@@ -7,6 +7,14 @@ from pathlib import Path
 from typing import Any
 
 
+def _row_step(line: str) -> int | None:
+    """The step of a JSON row; None for a blank line or one cut short by a killed run."""
+    try:
+        return int(json.loads(line).get("step", 0)) if line.strip() else None
+    except ValueError:
+        return None
+
+
 class MetricsLog:
     """Appends one JSON object per line to ``path``; on resume, rows after the resumed step are dropped
     so the file reads as one uninterrupted run."""
@@ -15,8 +23,8 @@ class MetricsLog:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None and self.path.exists():
-            kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            kept = [line for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines()
+                    if (step := _row_step(line)) is not None and step <= resume_step]
             self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
         elif resume_step is None:
             self.path.write_text("", encoding="utf-8")

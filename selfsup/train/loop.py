@@ -230,7 +230,18 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None, log=print
         step = int(state["step"])
         log(f"resumed from {resume} at step {step}")
 
+    def last_good_checkpoint() -> str:
+        good = list_checkpoints(checkpoint_dir)
+        return f" The last good checkpoint is {good[-1]}." if good else " No checkpoint was written before it."
+
     def save(at_step: int) -> Path | None:
+        # An update can make the weights NaN before any loss shows it: such a state is never saved (nor
+        # pushes good checkpoints out of the last K), so the newest checkpoint is always one to resume from.
+        if not all(torch.isfinite(t).all() for t in method.state_dict().values() if t.is_floating_point()):
+            raise NonFiniteLossError(
+                f"the weights became NaN or infinite by step {at_step} (lr {optimizer.param_groups[0]['lr']:.4g}"
+                "). Likely causes: a learning rate too high for this batch size, or fp16 overflow (try "
+                "precision bf16 or fp32)." + last_good_checkpoint())
         if not is_main:
             return None
         state = {"model": method.state_dict(), "optimizer": optimizer.state_dict(),
@@ -292,9 +303,7 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None, log=print
                                "causes: a learning rate too high for this batch size, fp16 overflow (try "
                                "precision bf16 or fp32), or corrupt input images.")
                     if config.on_nonfinite == "stop":
-                        good = list_checkpoints(checkpoint_dir)
-                        raise NonFiniteLossError(message + (f" The last good checkpoint is {good[-1]}." if good
-                                                            else " No checkpoint was written before it."))
+                        raise NonFiniteLossError(message + last_good_checkpoint())
                     log("skipping step: " + message)
                     with torch.no_grad():
                         for buffer, saved in zip(method.buffers(), saved_buffers):

@@ -106,7 +106,7 @@ def _summary(run: VariantRun, temperature: float) -> dict:
 
 
 def _figures(runs: dict[float, VariantRun], summaries: list[dict], out: Path, data: ExperimentData,
-             embedding_dim: int) -> list[tuple[str, Path | None, str]]:
+             embedding_dim: int, initial_knn: float) -> list[tuple[str, Path | None, str]]:
     from selfsup.report import plot_accuracy_per_epoch, plot_monitors, plot_training_curves, save_figure
 
     named = {f"t = {t:g}": run.rows for t, run in runs.items()}
@@ -119,6 +119,7 @@ def _figures(runs: dict[float, VariantRun], summaries: list[dict], out: Path, da
     axis.plot(temperatures, [s["final_knn_top1"] for s in summaries], "o-", label="last epoch")
     axis.plot(temperatures, [s["best_knn_top1"] for s in summaries], "s--", alpha=0.6, label="best epoch")
     axis.axhline(chance, color="grey", linestyle=":", label=f"chance ({chance:.3g}%)")
+    axis.axhline(initial_knn, color="black", linestyle="-.", label=f"initial backbone ({initial_knn:.3g}%)")
     axis.set(xscale="log", title="SimCLR: kNN accuracy against temperature", xlabel="temperature t (log scale)",
              ylabel="kNN top-1 (%)")
     axis.set_xticks(temperatures, [f"{t:g}" for t in temperatures])
@@ -152,7 +153,7 @@ def _figures(runs: dict[float, VariantRun], summaries: list[dict], out: Path, da
         count = shown[0]["negatives_per_anchor"]
         left.axhline(max(1, round(0.01 * count)) / count, color="C0", linestyle=":", label="top 1% if uniform")
         left.axhline(min(10, count) / count, color="C1", linestyle=":", label="top 10 if uniform")
-        left.set(xscale="log", ylim=(0, 1.02), title="gradient share of the hardest negatives",
+        left.set(xscale="log", yscale="log", title="gradient share of the hardest negatives",
                  xlabel="temperature t of the run (log)", ylabel="share of the negatives' weight")
         left.set_xticks(ts, [f"{t:g}" for t in ts])
         left.grid(alpha=0.3)
@@ -228,7 +229,7 @@ def run_temperature_experiment(settings: ExperimentSettings, temperatures: Seque
     lines += [markdown_table(header, table_rows), ""]
     figures = []
     try:
-        figures = _figures(runs, summaries, out, data, embedding_dim)
+        figures = _figures(runs, summaries, out, data, embedding_dim, initial_knn)
     except ImportError:
         lines += ["Figures skipped: matplotlib is not installed (`pip install 'selfsup[plot]'`).", ""]
     for heading, path, caption in figures:

@@ -75,6 +75,11 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         print(f"no settings given: running the embedded default recipe {DEFAULT_RECIPE}")
         args.config = str(DEFAULT_RECIPE)
     config = _settings(args, PretrainConfig)
+    if config.framework == "tensorflow":
+        from selfsup.tf.pretrain import pretrain_tensorflow  # imports TensorFlow after torch, as it must
+
+        pretrain_tensorflow(config)
+        return 0
     if config.devices > 1 and "WORLD_SIZE" not in __import__("os").environ:
         from selfsup.train.launch import launch_local
 

@@ -111,6 +111,7 @@ class PretrainConfig:
     :func:`resolve`), adapted to the data where the field's comment says so."""
 
     method: Literal["byol", "simclr"] = "byol"
+    framework: Literal["pytorch", "tensorflow"] = "pytorch"  # tensorflow: SimCLR only (pip install selfsup[tensorflow])
     # A folder (ImageFolder with class sub-folders, or flat), an .npz/.npy array file, or a built-in
     # data set: "digits" (scikit-learn, the embedded default) or "fashion-mnist" (Debian package).
     data: str = "digits"

@@ -6,6 +6,7 @@ Skipped as a whole where TensorFlow is not installed (``pip install selfsup[tens
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -381,3 +382,21 @@ def test_two_step_training_run_on_real_images(cifar_images):
         pretrain_simclr_tf(cifar_images[:8], epochs=1, batch_size=16)
     with pytest.raises(TypeError, match="uint8"):
         pretrain_simclr_tf(cifar_images.astype(np.float32), epochs=1, batch_size=16)
+
+
+def test_cli_framework_tensorflow_trains_and_evaluates(tmp_path, capsys):
+    from selfsup.cli import main
+    from selfsup.data.datasets import load_digits_data
+
+    digits = load_digits_data("train")
+    np.savez(tmp_path / "d.npz", images=digits.images[:64].numpy(), labels=digits.labels[:64].numpy())
+    code = main(["pretrain", "--method", "simclr", "--framework", "tensorflow", "--data", str(tmp_path / "d.npz"),
+                 "--test-data", str(tmp_path / "d.npz"), "--epochs", "1", "--batch-size", "32", "--width", "0.125",
+                 "--projection-hidden-dim", "32", "--linear-epochs", "2", "--out", str(tmp_path / "run"),
+                 "--no-progress"])
+    assert code == 0
+    table = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert table["framework"] == "tensorflow" and 0 <= table["knn_top1"] <= 100
+    assert (tmp_path / "run" / "encoder.weights.h5").exists()
+    assert main(["pretrain", "--method", "byol", "--framework", "tensorflow", "--out", str(tmp_path / "x")]) == 2
+    assert "SimCLR only" in capsys.readouterr().err

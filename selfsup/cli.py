@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "and evaluation of image encoders.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    pretrain = commands.add_parser("pretrain", help="pretrain an encoder; with no arguments: BYOL on the "
+    pretrain = commands.add_parser("pretrain", help="pretrain an encoder; with no arguments: SimCLR on the "
                                    "embedded digits data, then the kNN / linear table")
     pretrain.add_argument("--config", help="YAML recipe (see configs/); flags override it")
     pretrain.add_argument("--resume", help="checkpoint to continue from, or 'auto' for the newest in OUT")

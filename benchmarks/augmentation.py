@@ -8,6 +8,7 @@ noisy machine slows all of them alike. Prints a table and one JSON line.
 
     python benchmarks/augmentation.py                      # selfsup only
     /tmp/benchenv/bin/python benchmarks/augmentation.py    # with lightly (see benchmarks/README.md)
+    /tmp/benchenv/bin/python benchmarks/augmentation.py --sizes 224 --compile-hue   # + compiled hue rotation
 """
 
 from __future__ import annotations
@@ -100,6 +101,22 @@ def batched_runner(transform: BatchedTwoViews, images: list[Image.Image], batch_
     return run
 
 
+def with_compiled_hue(run):
+    """``run`` with the hue rotation of the batched augmentation compiled by ``torch.compile`` into one
+    fused kernel (an experiment: the module's own function is swapped in only around the call)."""
+    from selfsup.transforms import batched
+
+    compiled = torch.compile(batched._adjust_hue, dynamic=True)
+
+    def wrapped() -> None:
+        eager, batched._adjust_hue = batched._adjust_hue, compiled
+        try:
+            run()
+        finally:
+            batched._adjust_hue = eager
+    return wrapped
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -110,6 +127,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256, help="batch of the batched augmentation")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: throughput per core)")
+    parser.add_argument("--compile-hue", action="store_true",
+                        help="also time the batched augmentation with its hue rotation compiled (torch.compile)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -136,6 +155,9 @@ def main() -> None:
             if lightly_version:
                 runners["lightly per-image PIL"] = per_image_runner(
                     lightly_pipelines(method, size, mean, std), images)
+            if args.compile_hue:
+                runners["batched, compiled hue"] = with_compiled_hue(batched_runner(
+                    factory[1](size, mean=mean, std=std), images, args.batch_size))
             for run in runners.values():  # warm-up
                 run()
             seconds: dict[str, list[float]] = {name: [] for name in runners}
@@ -153,6 +175,12 @@ def main() -> None:
             if lightly_version:
                 ratios[f"{key}_batched_vs_lightly"] = (speed["selfsup batched"]
                                                        / speed["lightly per-image PIL"])
+            if args.compile_hue:
+                ratios[f"{key}_compiled_hue_vs_batched"] = (speed["batched, compiled hue"]
+                                                            / speed["selfsup batched"])
+                if lightly_version:
+                    ratios[f"{key}_compiled_hue_vs_lightly"] = (speed["batched, compiled hue"]
+                                                                / speed["lightly per-image PIL"])
 
     print(f"\ntwo-view augmentation, images/s with torch.set_num_threads({args.threads}) "
           f"(torch {torch.__version__}, lightly {lightly_version}, {platform.machine()})")

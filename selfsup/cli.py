@@ -145,6 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    # A log line may carry a path that is not valid UTF-8; print it escaped rather than crash the run.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     args.argv = argv  # what `pretrain --devices N` hands to the processes it starts
@@ -168,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(error, NonFiniteLossError):
             print(f"selfsup {args.command}: error: {error}", file=sys.stderr)
             return 3
+        if isinstance(error, RuntimeError) and "DataLoader worker" in str(error):
+            print(f"selfsup {args.command}: error: {error}. A data-loading process died (often out of memory): "
+                  "lower --num-workers or --batch-size, then continue with --resume auto", file=sys.stderr)
+            return 4
         raise
 
 

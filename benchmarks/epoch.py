@@ -12,9 +12,11 @@ lightly   the equivalent script in lightly's style: torchvision ``ImageFolder`` 
 
 Both run ``--steps`` steps on the same subset of CIFAR-10's training images, fp32. Each run is its own
 subprocess (so peak RSS is per configuration); selfsup and lightly alternate, repeat after repeat, and
-the table gives medians. Throughput is images per second of the steps after the first (the first,
-with oneDNN's set-up and lightly's worker start, is reported apart). The time of a step includes
-getting its batch: augmentation for selfsup, waiting on the workers for lightly.
+the table gives medians. Two throughputs: wall-clock images per second of the steps after the first
+(the first, with oneDNN's set-up and lightly's worker start, is reported apart; a step's time includes
+getting its batch: augmentation for selfsup, waiting on the workers for lightly), and CPU milliseconds
+per image over all steps, training process and workers together, which unlike wall time does not
+depend on the CPU share each process gets on a shared machine.
 
     python benchmarks/epoch.py --no-lightly                       # selfsup only
     /tmp/benchenv/bin/python benchmarks/epoch.py --threads 1      # with lightly (benchmarks/README.md)

@@ -16,13 +16,12 @@ from selfsup.experiments.common import (
     ExperimentSettings,
     Log,
     VariantRun,
-    format_text_table,
     initial_knn_top1,
     load_experiment_data,
     markdown_table,
     new_figure,
     train_variant,
-    write_json,
+    write_experiment_outputs,
 )
 from selfsup.methods import BYOL, cosine_momentum
 
@@ -178,17 +177,6 @@ def run_byol_ablation(settings: ExperimentSettings, chosen: Sequence[str] | None
              "A collapsed BYOL reaches the lowest loss: predicting a constant is easy."),
         ]
     except ImportError:
-        lines += ["Figures skipped: matplotlib is not installed (`pip install 'selfsup[plot]'`).", ""]
-    for heading, path, caption in figures:
-        if path is not None:
-            lines += [f"## {heading}", "", f"![{heading}]({path.name})", ""] + ([caption, ""] if caption else [])
-    results["figures"] = [str(path) for _, path, _ in figures if path is not None]
-    for key, run in runs.items():
-        write_json(out / "runs" / f"{key}.json", run.rows)
-    from selfsup.report import atomic_write_bytes
-
-    atomic_write_bytes(out / "report.md", "\n".join(lines).encode("utf-8"))
-    write_json(out / "results.json", results)
-    log(format_text_table(header, table_rows))
-    log(f"report: {out / 'report.md'}")
-    return results
+        lines += ["Figures skipped: matplotlib is not installed (`pip install matplotlib`).", ""]
+    return write_experiment_outputs(out, lines, figures, results,
+                                    {key: run.rows for key, run in runs.items()}, header, table_rows, log)

@@ -297,7 +297,7 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 
 def write_json(path: Path, value) -> Path:
     """``value`` as indented JSON, written atomically; NaN becomes null (JSON has no NaN)."""
-    from selfsup.report import atomic_write_bytes
+    from selfsup.files import atomic_write_bytes
 
     def clean(item):
         if isinstance(item, float) and not math.isfinite(item):
@@ -317,3 +317,22 @@ def new_figure(ncols: int, nrows: int = 1, panel_size: tuple[float, float] = (4.
 
     figure = Figure(figsize=(panel_size[0] * ncols, panel_size[1] * nrows), layout="constrained")
     return figure, figure.subplots(nrows, ncols, squeeze=False)
+
+
+def write_experiment_outputs(out: Path, lines: list[str], figures: list, results: dict, runs: dict[str, list],
+                             header: list[str], table_rows: list[list], log: Callable[[str], None]) -> dict:
+    """Finish an experiment's report: figure sections, per-run metric rows, report.md, results.json."""
+    from selfsup.files import atomic_write_text
+
+    for heading, path, caption in figures:
+        if path is not None:
+            lines += [f"## {heading}", "", f"![{heading}]({path.name})", ""] + ([caption, ""] if caption else [])
+    results["figures"] = [str(path) for _, path, _ in figures if path is not None]
+    for name, rows in runs.items():
+        write_json(out / "runs" / f"{name}.json", rows)
+    atomic_write_text(out / "report.md", "\n".join(lines))
+    write_json(out / "results.json", results)
+    log(format_text_table(header, table_rows))
+    log(f"report: {out / 'report.md'}")
+    return results
+

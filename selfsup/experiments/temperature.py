@@ -24,13 +24,12 @@ from selfsup.experiments.common import (
     ExperimentSettings,
     Log,
     VariantRun,
-    format_text_table,
     initial_knn_top1,
     load_experiment_data,
     markdown_table,
     new_figure,
     train_variant,
-    write_json,
+    write_experiment_outputs,
 )
 from selfsup.methods import SimCLR
 
@@ -231,17 +230,6 @@ def run_temperature_experiment(settings: ExperimentSettings, temperatures: Seque
     try:
         figures = _figures(runs, summaries, out, data, embedding_dim, initial_knn)
     except ImportError:
-        lines += ["Figures skipped: matplotlib is not installed (`pip install 'selfsup[plot]'`).", ""]
-    for heading, path, caption in figures:
-        if path is not None:
-            lines += [f"## {heading}", "", f"![{heading}]({path.name})", ""] + ([caption, ""] if caption else [])
-    results["figures"] = [str(path) for _, path, _ in figures if path is not None]
-    for t, run in runs.items():
-        write_json(out / "runs" / f"t{t:g}.json", run.rows)
-    from selfsup.report import atomic_write_bytes
-
-    atomic_write_bytes(out / "report.md", "\n".join(lines).encode("utf-8"))
-    write_json(out / "results.json", results)
-    log(format_text_table(header, table_rows))
-    log(f"report: {out / 'report.md'}")
-    return results
+        lines += ["Figures skipped: matplotlib is not installed (`pip install matplotlib`).", ""]
+    return write_experiment_outputs(out, lines, figures, results,
+                                    {f"t{t:g}": run.rows for t, run in runs.items()}, header, table_rows, log)

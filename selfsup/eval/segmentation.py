@@ -209,8 +209,8 @@ def train_segmenter(model: nn.Module, dataset: Dataset, settings: SegmentationSe
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            step_losses.append(loss.item())
-            epoch_loss += loss.item()
+            step_losses.append(loss.item())  # one device sync per step, not two
+            epoch_loss += step_losses[-1]
             step += 1
         log(f"epoch {epoch + 1}/{settings.epochs}: loss {epoch_loss / max(len(loader), 1):.4f} "
             f"({time.perf_counter() - started:.0f} s)")

@@ -146,7 +146,7 @@ class PretrainConfig:
     knn_k: int = 200
     knn_temperature: float = 0.1
     eval_at_end: bool = True
-    linear_epochs: int = 100  # linear probe of the final table
+    linear_max_iter: int = 200  # L-BFGS iterations of each linear-probe fit in the final table
     report: bool = True  # OUT/report.md with curves, monitors and an embedding map (needs matplotlib)
     num_workers: int = 2  # DataLoader workers for images streamed from disk
     device: str = "auto"
@@ -162,7 +162,7 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "knn_k": self.knn_k,
                     "log_every": self.log_every, "keep_checkpoints": self.keep_checkpoints,
-                    "devices": self.devices, "linear_epochs": self.linear_epochs}
+                    "devices": self.devices, "linear_max_iter": self.linear_max_iter}
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"setting '{name}' must be >= 1, got {value}")
@@ -231,7 +231,7 @@ class EvalConfig:
     image_size: int | None = None
     knn_k: int = 200
     knn_temperature: float = 0.1
-    linear_epochs: int = 100
+    linear_max_iter: int = 200
     batch_size: int = 256
     baselines: bool = True  # also the same backbone at random init and raw pixels
     device: str = "auto"

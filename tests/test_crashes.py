@@ -29,7 +29,7 @@ from selfsup.train.checkpoint import list_checkpoints, load_checkpoint, save_che
 from selfsup.train.loop import NonFiniteLossError, pretrain
 
 TINY = ["--width", "0.125", "--projection-hidden-dim", "64", "--projection-dim", "32", "--prediction-hidden-dim",
-        "64", "--no-progress", "--no-report", "--num-workers", "0", "--linear-epochs", "5"]
+        "64", "--no-progress", "--no-report", "--num-workers", "0", "--linear-max-iter", "5"]
 HINT = "--skip-bad-images"
 
 

@@ -51,6 +51,29 @@ def test_linear_probe_learns_a_linear_rule_and_not_noise():
     labels = (features[:, 0] + 0.5 * features[:, 1] > 0).long()
     test = torch.randn(200, 10, generator=generator)
     test_labels = (test[:, 0] + 0.5 * test[:, 1] > 0).long()
-    assert linear_probe_accuracy(features, labels, test, test_labels, epochs=30) > 95
+    assert linear_probe_accuracy(features, labels, test, test_labels, max_iter=50) > 95
     noise_labels = torch.randint(0, 2, (200,), generator=generator)
-    assert linear_probe_accuracy(features, labels, test, noise_labels, epochs=30) < 65
+    assert linear_probe_accuracy(features, labels, test, noise_labels, max_iter=50) < 65
+
+
+def test_logistic_regression_reaches_the_optimum_of_its_objective():
+    from selfsup.eval.linear import fit_logistic_regression
+    generator = torch.Generator().manual_seed(1)
+    features = torch.randn(120, 5, generator=generator, dtype=torch.float64)
+    labels = torch.randint(0, 3, (120,), generator=generator)
+    l2 = 1e-2
+    weight, bias = fit_logistic_regression(features, labels, 3, l2, max_iter=500)
+    # Gradient of mean CE + l2/2 ||W||^2, written out per sample: (softmax - onehot) x^T / N + l2 W.
+    grad_w = torch.zeros(3, 5, dtype=torch.float64)
+    grad_b = torch.zeros(3, dtype=torch.float64)
+    for x, y in zip(features, labels):
+        logits = [float(weight[c] @ x + bias[c]) for c in range(3)]
+        top = max(logits)
+        exps = [math.exp(v - top) for v in logits]
+        for c in range(3):
+            residual = exps[c] / sum(exps) - (1.0 if c == int(y) else 0.0)
+            grad_w[c] += residual * x / len(features)
+            grad_b[c] += residual / len(features)
+    grad_w += l2 * weight
+    assert grad_w.abs().max() < 1e-5 and grad_b.abs().max() < 1e-5
+    assert weight.abs().max() > 0.01  # a real fit, not the zero start

@@ -102,7 +102,7 @@ def test_low_label_table_uses_balanced_fractions():
     torch.manual_seed(0)
     backbone = ResNetBackbone("resnet18", cifar_stem=True, width=0.125)
     rows = low_label_table(backbone, train, test, 8, (0.3,) * 3, (0.35,) * 3, fractions=(0.1,), finetune_epochs=1,
-                           linear_epochs=5, batch_size=32)
+                           linear_max_iter=5, batch_size=32)
     assert [row["labelled_images"] for row in rows] == [len(balanced_subset(train.labels, 0.1))]
     assert 0 <= rows[0]["linear_top1"] <= 100 and 0 <= rows[0]["finetune_top1"] <= 100
 

@@ -392,7 +392,7 @@ def test_cli_framework_tensorflow_trains_and_evaluates(tmp_path, capsys):
     np.savez(tmp_path / "d.npz", images=digits.images[:64].numpy(), labels=digits.labels[:64].numpy())
     code = main(["pretrain", "--method", "simclr", "--framework", "tensorflow", "--data", str(tmp_path / "d.npz"),
                  "--test-data", str(tmp_path / "d.npz"), "--epochs", "1", "--batch-size", "32", "--width", "0.125",
-                 "--projection-hidden-dim", "32", "--linear-epochs", "2", "--out", str(tmp_path / "run"),
+                 "--projection-hidden-dim", "32", "--linear-max-iter", "2", "--out", str(tmp_path / "run"),
                  "--no-progress"])
     assert code == 0
     table = json.loads((tmp_path / "run" / "eval.json").read_text())

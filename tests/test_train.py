@@ -12,7 +12,7 @@ from selfsup.train.checkpoint import list_checkpoints, load_checkpoint
 from selfsup.train.loop import pretrain
 
 TINY = ["--width", "0.125", "--projection-hidden-dim", "64", "--projection-dim", "32",
-        "--prediction-hidden-dim", "64", "--no-progress", "--num-workers", "0", "--linear-epochs", "5"]
+        "--prediction-hidden-dim", "64", "--no-progress", "--num-workers", "0", "--linear-max-iter", "5"]
 
 
 @pytest.mark.slow
@@ -34,7 +34,7 @@ def test_cli_pretrain_eval_export_on_cifar_subset(method, cifar_subset, tmp_path
     assert checkpoints and load_checkpoint(checkpoints[-1])["step"] == 6
 
     code = main(["eval", "--checkpoint", str(out / "backbone.pt"), "--train-data", str(train_dir),
-                 "--test-data", str(test_dir), "--linear-epochs", "5", "--no-baselines", "--out", str(tmp_path)])
+                 "--test-data", str(test_dir), "--linear-max-iter", "5", "--no-baselines", "--out", str(tmp_path)])
     assert code == 0
     assert set(json.loads(capsys.readouterr().out.strip().splitlines()[-1])) == {"knn_top1", "linear_top1"}
     assert json.loads((tmp_path / "eval.json").read_text())["rows"][0]["name"] == "pretrained"

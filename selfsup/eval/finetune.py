@@ -122,7 +122,7 @@ def finetune_accuracy(backbone: nn.Module, train: ImageData, test: ImageData, im
 
 
 def low_label_table(backbone: nn.Module, train: ImageData, test: ImageData, image_size: int, mean, std,
-                    fractions: Sequence[float] = (0.01, 0.1), finetune_epochs: int = 30, linear_epochs: int = 100,
+                    fractions: Sequence[float] = (0.01, 0.1), finetune_epochs: int = 30, linear_max_iter: int = 200,
                     batch_size: int = 256, device: torch.device | str = "cpu", seed: int = 0) -> list[dict]:
     """Linear-probe and fine-tuning top-1 (%) on class-balanced fractions of the training labels.
 
@@ -139,7 +139,7 @@ def low_label_table(backbone: nn.Module, train: ImageData, test: ImageData, imag
     for fraction in fractions:
         indices = balanced_subset(train.labels, fraction, seed)
         linear = linear_probe_accuracy(train_features[indices], train.labels[indices], test_features, test.labels,
-                                       num_classes, epochs=linear_epochs, seed=seed)
+                                       num_classes, max_iter=linear_max_iter, seed=seed)
         finetuned = finetune_accuracy(backbone, subset_data(train, indices), test, image_size, mean, std,
                                       num_classes, epochs=finetune_epochs, batch_size=batch_size, device=device,
                                       seed=seed)

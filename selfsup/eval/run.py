@@ -28,7 +28,7 @@ def run_evaluation(config: EvalConfig, log=print) -> dict:
     test = load_image_data(test_spec, "test", config.skip_bad_images)
     image_size = config.image_size or meta["image_size"] or 224
     table = evaluation_table(backbone, train, test, image_size, meta["mean"], meta["std"], config.knn_k,
-                             config.knn_temperature, config.linear_epochs, config.baselines, device,
+                             config.knn_temperature, config.linear_max_iter, config.baselines, device,
                              config.seed, config.num_workers, progress=True, log=lambda *_: None)
     table["checkpoint"] = str(config.checkpoint)
     log(format_table(table))

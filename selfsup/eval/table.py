@@ -25,7 +25,7 @@ def _reinitialized(backbone: nn.Module, seed: int) -> nn.Module:
 
 
 def evaluation_table(backbone: nn.Module, train: ImageData, test: ImageData, image_size: int, mean, std,
-                     knn_k: int = 200, knn_temperature: float = 0.1, linear_epochs: int = 100,
+                     knn_k: int = 200, knn_temperature: float = 0.1, linear_max_iter: int = 200,
                      baselines: bool = True, device: torch.device | str = "cpu", seed: int = 0,
                      num_workers: int = 2, progress: bool = False,
                      log: Callable[[str], None] = print,
@@ -60,13 +60,13 @@ def evaluation_table(backbone: nn.Module, train: ImageData, test: ImageData, ima
         knn = knn_accuracy(train_features, train.labels, test_features, test.labels, num_classes, knn_k,
                            knn_temperature)
         linear = linear_probe_accuracy(train_features, train.labels, test_features, test.labels, num_classes,
-                                       epochs=linear_epochs, seed=seed)
+                                       max_iter=linear_max_iter, seed=seed)
         rows.append({"name": name, "knn_top1": round(knn, 2), "linear_top1": round(linear, 2),
                      "feature_dim": int(train_features.shape[1])})
         log(f"  {name:<12} kNN {knn:6.2f}   linear {linear:6.2f}")
     return {"knn_top1": rows[0]["knn_top1"], "linear_top1": rows[0]["linear_top1"], "rows": rows,
             "train_data": train.name, "test_data": test.name, "knn_k": knn_k,
-            "knn_temperature": knn_temperature, "linear_epochs": linear_epochs}
+            "knn_temperature": knn_temperature, "linear_max_iter": linear_max_iter}
 
 
 def format_table(table: dict) -> str:

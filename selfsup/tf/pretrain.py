@@ -20,7 +20,7 @@ from selfsup.tf.train import channel_stats, extract_features_tf, pretrain_simclr
 _SUPPORTED = {"method", "data", "test_data", "out", "image_size", "backbone", "width", "cifar_stem",
               "projection_hidden_dim", "projection_dim", "temperature", "gather_distributed", "color_strength",
               "blur", "epochs", "batch_size", "optimizer", "base_lr", "weight_decay", "warmup_epochs", "seed",
-              "progress", "framework", "eval_at_end", "linear_epochs", "knn_k", "knn_temperature", "report",
+              "progress", "framework", "eval_at_end", "linear_max_iter", "knn_k", "knn_temperature", "report",
               "num_workers", "device", "log_every", "online_probe", "skip_bad_images"}
 
 
@@ -73,7 +73,7 @@ def pretrain_tensorflow(config: PretrainConfig, log=print) -> dict | None:
     knn = knn_accuracy(train_features, data.labels, test_features, test.labels, num_classes, config.knn_k,
                        config.knn_temperature)
     linear = linear_probe_accuracy(train_features, data.labels, test_features, test.labels, num_classes,
-                                   epochs=config.linear_epochs, seed=config.seed)
+                                   max_iter=config.linear_max_iter, seed=config.seed)
     table = {"knn_top1": round(knn, 2), "linear_top1": round(linear, 2), "framework": "tensorflow",
              "train_data": data.name, "test_data": test.name, "knn_k": config.knn_k,
              "knn_temperature": config.knn_temperature}

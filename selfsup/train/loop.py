@@ -457,7 +457,7 @@ def _final_evaluation(config, backbone, data, image_size, mean, std, device, log
     features = tuple(extract_features(backbone, d, image_size, mean, std, device=device,
                                       num_workers=config.num_workers) for d in (data, test))
     table = evaluation_table(backbone, data, test, image_size, mean, std, config.knn_k, config.knn_temperature,
-                             linear_epochs=config.linear_epochs, device=device, seed=config.seed,
+                             linear_max_iter=config.linear_max_iter, device=device, seed=config.seed,
                              num_workers=config.num_workers, log=lambda *_: None, pretrained_features=features)
     log(format_table(table))
     return table, features[1], test

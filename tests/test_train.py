@@ -108,6 +108,35 @@ def test_resume_from_mid_epoch_is_bitwise_exact(tmp_path, method, digits_subset)
     assert steps == sorted(steps), "the metrics file reads as one run after a resume"
 
 
+@pytest.mark.parametrize("method", ["byol", "simclr"])
+def test_channels_last_is_the_default_and_computes_what_nchw_computes(tmp_path, digits_subset, method):
+    import copy
+
+    from selfsup.train.loop import build_backbone, build_method
+
+    assert PretrainConfig().channels_last
+    run = pretrain(_config(tmp_path, "nhwc", digits_subset, method=method, max_steps=1), log=lambda *_: None)
+    conv = run.backbone.resnet.layer1[0].conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+
+    config = _config(tmp_path, "x", digits_subset, method=method)
+    torch.manual_seed(0)
+    # float64, so that summing in another order cannot hide a real difference behind float32 rounding.
+    nchw = build_method(config, build_backbone(config, 16)).double()
+    nhwc = copy.deepcopy(nchw).to(memory_format=torch.channels_last)
+    views = torch.randn(2, 8, 3, 16, 16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    loss_nchw = nchw(views[0], views[1]).loss
+    loss_nhwc = nhwc(views[0].contiguous(memory_format=torch.channels_last),
+                     views[1].contiguous(memory_format=torch.channels_last)).loss
+    loss_nchw.backward()
+    loss_nhwc.backward()
+    assert torch.allclose(loss_nchw, loss_nhwc, rtol=1e-12)
+    scale = max(p.grad.abs().max().item() for p in nchw.parameters() if p.grad is not None)
+    for (name, a), b in zip(nchw.named_parameters(), nhwc.parameters()):
+        if a.grad is not None:
+            assert torch.allclose(a.grad, b.grad, rtol=1e-8, atol=1e-12 * scale), name
+
+
 def test_resume_refuses_a_different_model(tmp_path, digits_subset):
     first = pretrain(_config(tmp_path, "a", digits_subset, max_steps=3), log=lambda *_: None)
     with pytest.raises(ValueError, match="method"):

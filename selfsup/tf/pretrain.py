@@ -21,7 +21,8 @@ _SUPPORTED = {"method", "data", "test_data", "out", "image_size", "backbone", "w
               "projection_hidden_dim", "projection_dim", "temperature", "gather_distributed", "color_strength",
               "blur", "epochs", "batch_size", "optimizer", "base_lr", "weight_decay", "warmup_epochs", "seed",
               "progress", "framework", "eval_at_end", "linear_max_iter", "knn_k", "knn_temperature", "report",
-              "num_workers", "device", "log_every", "online_probe", "skip_bad_images"}
+              "num_workers", "device", "log_every", "online_probe", "skip_bad_images",
+              "channels_last"}  # Keras convolutions are NHWC already
 
 
 def _nhwc(data: ImageData) -> np.ndarray:

@@ -7,7 +7,7 @@
 3. ``selfsup transfer detect`` and ``selfsup transfer segment`` with their CPU recipes, each fine-tuning the
    pretrained backbone and the same architecture at random initialisation at the same budget.
 
-    python benchmarks/pennfudan_transfer.py [--pretrain-minutes 15] [--out runs/bench-pennfudan]
+    python benchmarks/pennfudan_transfer.py [--method simclr] [--epochs 600] [--out runs/bench-pennfudan]
 
 Prints a table and one JSON line with the pretrained / random ratios.
 """
@@ -59,11 +59,12 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=None, help="Penn-Fudan folder (default: the shared one)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-pennfudan"))
     parser.add_argument("--method", default="simclr", choices=["byol", "simclr"])
-    parser.add_argument("--pretrain-steps", type=int, default=1200)
+    parser.add_argument("--epochs", type=int, default=600, help="pretraining epochs (2 steps each at batch 60)")
     parser.add_argument("--image-size", type=int, default=96, help="side of the pretraining views")
     parser.add_argument("--load-side", type=int, default=128, help="short side of the stored training photos")
     parser.add_argument("--width", type=float, default=0.25)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=60)
+    parser.add_argument("--temperature", type=float, default=0.2)
     parser.add_argument("--tasks", nargs="+", default=["detect", "segment"], choices=["detect", "segment"])
     args = parser.parse_args()
 
@@ -72,11 +73,15 @@ def main() -> int:
     count = prepare_photos(data, photos, args.load_side)
     print(f"{count} training photos (short side {args.load_side}) in {photos}")
     pretrain_out = args.out / "pretrain"
+    # Square-root learning-rate scaling, 0.075 x sqrt(B), which SimCLR (appendix B.1) found better for short
+    # training and small batches; selfsup's base_lr is per 256 images.
+    base_lr = 0.075 * args.batch_size ** 0.5 * 256 / args.batch_size
     pretrain_seconds = run([
         sys.executable, "-m", "selfsup.cli", "pretrain", "--method", args.method, "--data", str(photos),
         "--image-size", str(args.image_size), "--cifar-stem", "false", "--width", str(args.width),
-        "--batch-size", str(args.batch_size), "--max-steps", str(args.pretrain_steps), "--epochs", "1000000",
-        "--warmup-epochs", "10", "--projection-hidden-dim", "512", "--prediction-hidden-dim", "1024",
+        "--batch-size", str(args.batch_size), "--epochs", str(args.epochs), "--base-lr", f"{base_lr:.4f}",
+        "--temperature", str(args.temperature), "--warmup-epochs", str(max(args.epochs // 20, 1)),
+        "--projection-hidden-dim", "512", "--prediction-hidden-dim", "1024",
         "--crop-min-scale", "0.2", "--num-workers", "2", "--no-progress", "--out", str(pretrain_out),
         "--resume", "auto"])
     backbone = pretrain_out / "backbone.pt"
@@ -104,7 +109,7 @@ def main() -> int:
                 ratios[f"{task}_{name}_pretrained_over_random"] = round(
                     by_variant["selfsup"][name] / max(by_variant["random"][name], 1e-12), 3)
     print(json.dumps({"benchmark": "pennfudan_transfer", "method": args.method,
-                      "pretrain_steps": args.pretrain_steps, "pretrain_seconds": round(pretrain_seconds),
+                      "pretrain_epochs": args.epochs, "pretrain_seconds": round(pretrain_seconds),
                       "results": rows, "ratios": ratios}))
     return 0
 

@@ -53,6 +53,9 @@ def _add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
             kwargs["choices"] = choices
         if annotation is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        elif typing.get_origin(annotation) is tuple and typing.get_args(annotation)[1:] == (Ellipsis,):
+            element = typing.get_args(annotation)[0]
+            parser.add_argument(flag, nargs="+", type=lambda text, a=element: _flag_parser(text, a), **kwargs)
         else:
             parser.add_argument(flag, type=lambda text, a=annotation: _flag_parser(text, a), **kwargs)
 

@@ -42,6 +42,10 @@ def _check_type(name: str, value: Any, annotation: Any) -> Any:
             except ConfigError as error:
                 errors.append(str(error))
         raise ConfigError(f"setting '{name}': {value!r} has the wrong type ({'; '.join(errors)})")
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"setting '{name}': expected a list, got {value!r}")
+        return tuple(_check_type(f"{name}[{i}]", v, args[0]) for i, v in enumerate(value))
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"setting '{name}': expected a list of {len(args)} values, got {value!r}")
@@ -238,3 +242,15 @@ class EvalConfig:
     seed: int = 0
     num_workers: int = 2
     skip_bad_images: bool = False  # leave out unreadable images instead of stopping
+    # Fractions of the training labels (class-balanced, drawn with ``seed``) for the low-label table of linear
+    # probe and fine-tuning, as the papers' semi-supervised tables use 0.01 and 0.1; 1.0 fine-tunes on all.
+    low_label_fractions: tuple[float, ...] = ()
+    finetune_epochs: int = 30
+
+    def __post_init__(self) -> None:
+        for name in ("knn_k", "linear_max_iter", "batch_size", "finetune_epochs"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"setting '{name}' must be >= 1, got {getattr(self, name)}")
+        for fraction in self.low_label_fractions:
+            if not 0 < fraction <= 1:
+                raise ConfigError(f"setting 'low_label_fractions': each fraction must be in (0, 1], got {fraction}")

@@ -113,3 +113,24 @@ def test_finetuning_rejects_unlabelled_data():
     unlabelled.labels = None
     with pytest.raises(ValueError, match="labelled"):
         finetune_accuracy(ResNetBackbone("resnet18", width=0.125), unlabelled, train, 8, (0.5,) * 3, (0.5,) * 3)
+
+
+def test_eval_command_prints_and_saves_the_low_label_table(tmp_path, capsys):
+    import json
+
+    from selfsup.cli import main
+
+    out = tmp_path / "run"
+    assert main(["pretrain", "--method", "simclr", "--data", "digits", "--max-steps", "1", "--epochs", "1",
+                 "--width", "0.125", "--projection-hidden-dim", "32", "--projection-dim", "16", "--batch-size", "64",
+                 "--no-eval-at-end", "--no-report", "--no-progress", "--out", str(out)]) == 0
+    assert main(["eval", "--checkpoint", str(out / "backbone.pt"), "--train-data", "digits", "--no-baselines",
+                 "--linear-max-iter", "5", "--low-label-fractions", "0.1", "0.2", "--finetune-epochs", "1",
+                 "--batch-size", "32", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "fine-tune top-1" in printed and "10%" in printed and "20%" in printed
+    rows = json.loads((tmp_path / "eval.json").read_text())["low_label"]
+    train_labels = load_digits_data("train").labels
+    assert [r["labelled_images"] for r in rows] == [len(balanced_subset(train_labels, f)) for f in (0.1, 0.2)]
+    assert main(["eval", "--checkpoint", str(out / "backbone.pt"), "--low-label-fractions", "1.5"]) == 2
+    assert "low_label_fractions" in capsys.readouterr().err

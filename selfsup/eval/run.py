@@ -32,10 +32,24 @@ def run_evaluation(config: EvalConfig, log=print) -> dict:
                              config.seed, config.num_workers, progress=True, log=lambda *_: None)
     table["checkpoint"] = str(config.checkpoint)
     log(format_table(table))
+    if config.low_label_fractions:
+        from selfsup.eval.finetune import low_label_table
+
+        table["low_label"] = low_label_table(backbone, train, test, image_size, meta["mean"], meta["std"],
+                                             config.low_label_fractions, config.finetune_epochs,
+                                             config.linear_max_iter, config.batch_size, device, config.seed)
+        log(format_low_label_table(table["low_label"]))
     out = Path(config.out) if config.out else Path(config.checkpoint).resolve().parent
     atomic_write_text(out / "eval.json", json.dumps(table, indent=2))
     log(f"wrote {out / 'eval.json'}")
     return table
+
+
+def format_low_label_table(rows: list[dict]) -> str:
+    lines = [f"{'labels':>8}{'images':>8}{'linear top-1':>14}{'fine-tune top-1':>17}", "-" * 47]
+    lines += [f"{row['fraction']:>8.0%}{row['labelled_images']:>8}{row['linear_top1']:>14.2f}"
+              f"{row['finetune_top1']:>17.2f}" for row in rows]
+    return "\n".join(lines)
 
 
 def export_torchvision(checkpoint: str | Path, output: str | Path) -> Path:

@@ -150,7 +150,7 @@ class PretrainConfig:
     knn_k: int = 200
     knn_temperature: float = 0.1
     eval_at_end: bool = True
-    linear_max_iter: int = 200  # L-BFGS iterations of each linear-probe fit in the final table
+    linear_max_iter: int = 100  # L-BFGS iterations of each linear-probe fit in the final table
     report: bool = True  # OUT/report.md with curves, monitors and an embedding map (needs matplotlib)
     num_workers: int = 2  # DataLoader workers for images streamed from disk
     device: str = "auto"
@@ -235,7 +235,7 @@ class EvalConfig:
     image_size: int | None = None
     knn_k: int = 200
     knn_temperature: float = 0.1
-    linear_max_iter: int = 200
+    linear_max_iter: int = 100
     batch_size: int = 256
     baselines: bool = True  # also the same backbone at random init and raw pixels
     device: str = "auto"

@@ -122,7 +122,7 @@ def finetune_accuracy(backbone: nn.Module, train: ImageData, test: ImageData, im
 
 
 def low_label_table(backbone: nn.Module, train: ImageData, test: ImageData, image_size: int, mean, std,
-                    fractions: Sequence[float] = (0.01, 0.1), finetune_epochs: int = 30, linear_max_iter: int = 200,
+                    fractions: Sequence[float] = (0.01, 0.1), finetune_epochs: int = 30, linear_max_iter: int = 100,
                     batch_size: int = 256, device: torch.device | str = "cpu", seed: int = 0) -> list[dict]:
     """Linear-probe and fine-tuning top-1 (%) on class-balanced fractions of the training labels.
 

@@ -25,7 +25,7 @@ def _reinitialized(backbone: nn.Module, seed: int) -> nn.Module:
 
 
 def evaluation_table(backbone: nn.Module, train: ImageData, test: ImageData, image_size: int, mean, std,
-                     knn_k: int = 200, knn_temperature: float = 0.1, linear_max_iter: int = 200,
+                     knn_k: int = 200, knn_temperature: float = 0.1, linear_max_iter: int = 100,
                      baselines: bool = True, device: torch.device | str = "cpu", seed: int = 0,
                      num_workers: int = 2, progress: bool = False,
                      log: Callable[[str], None] = print,

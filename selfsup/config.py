@@ -142,7 +142,9 @@ class PretrainConfig:
     weight_decay: float | None = None  # SimCLR 1e-6, BYOL 1.5e-6 (LARS); SGD 5e-4; AdamW 1e-6
     warmup_epochs: float = 10.0
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    channels_last: bool = True  # NHWC: faster on this CPU (benchmarks/README.md) and on GPUs
+    # NHWC memory layout. None: on for CUDA (tensor-core convolutions want it), off on CPU, where it was 1.1-1.4x
+    # faster for some shapes and 2.5x slower for others (16 px digits at width 1/4; benchmarks/README.md).
+    channels_last: bool | None = None
     grad_clip: float | None = None
     online_probe: bool = True  # a linear classifier on detached features, when the data has labels
     on_nonfinite: Literal["stop", "skip"] = "stop"

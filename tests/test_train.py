@@ -109,13 +109,16 @@ def test_resume_from_mid_epoch_is_bitwise_exact(tmp_path, method, digits_subset)
 
 
 @pytest.mark.parametrize("method", ["byol", "simclr"])
-def test_channels_last_is_the_default_and_computes_what_nchw_computes(tmp_path, digits_subset, method):
+def test_channels_last_follows_the_device_and_computes_what_nchw_computes(tmp_path, digits_subset, method):
     import copy
 
     from selfsup.train.loop import build_backbone, build_method
 
-    assert PretrainConfig().channels_last
-    run = pretrain(_config(tmp_path, "nhwc", digits_subset, method=method, max_steps=1), log=lambda *_: None)
+    assert PretrainConfig().channels_last is None  # on for CUDA, off on CPU
+    run = pretrain(_config(tmp_path, "cpu", digits_subset, method=method, max_steps=1), log=lambda *_: None)
+    assert run.backbone.resnet.layer1[0].conv1.weight.is_contiguous()
+    run = pretrain(_config(tmp_path, "nhwc", digits_subset, method=method, max_steps=1, channels_last=True),
+                   log=lambda *_: None)
     conv = run.backbone.resnet.layer1[0].conv1.weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
 

@@ -177,7 +177,8 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None, log=print
     method = build_method(config, backbone)
     if world > 1 and config.sync_batchnorm:
         method = dist.convert_sync_batchnorm(method, device)  # online and target networks alike
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    channels_last = config.channels_last if config.channels_last is not None else device.type == "cuda"
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
     method = method.to(device, memory_format=memory_format)
     model = method
     if world > 1:
@@ -287,7 +288,7 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None, log=print
             for view1, view2, labels in batches.epoch(epoch, start_batch if epoch == start_epoch else 0):
                 lr = optimizer.param_groups[0]["lr"]
                 momentum = cosine_momentum(step, total_steps, config.momentum_base)
-                if config.channels_last:
+                if channels_last:
                     view1 = view1.contiguous(memory_format=torch.channels_last)
                     view2 = view2.contiguous(memory_format=torch.channels_last)
                 # The forward pass updates BatchNorm's running statistics: a skipped step puts them back, else

@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
             stream.reconfigure(errors="backslashreplace")
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
-    args.argv = argv  # what `pretrain --devices N` hands to the processes it starts
+    if args.command == "pretrain":
+        args.argv = argv  # what `pretrain --devices N` hands to the processes it starts
     from selfsup.data.images import BadImageError
     from selfsup.train.checkpoint import CheckpointError
 

@@ -70,11 +70,13 @@ def _settings(args: argparse.Namespace, cls: type) -> Any:
 
 
 DEFAULT_RECIPE = Path(__file__).parent / "recipes" / "default.yaml"
+# Settings that say how and where to run, not what to train: given alone, the default recipe still runs.
+_HOW_TO_RUN = {"out", "progress", "device", "num_workers", "log_every", "report"}
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     given = {f.name for f in dataclasses.fields(PretrainConfig)} & set(vars(args))
-    if not given and not args.config and not args.resume:
+    if not given - _HOW_TO_RUN and not args.config and not args.resume:
         print(f"no settings given: running the embedded default recipe {DEFAULT_RECIPE}")
         args.config = str(DEFAULT_RECIPE)
     config = _settings(args, PretrainConfig)

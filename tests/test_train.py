@@ -158,3 +158,23 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
     assert "batch_size" in capsys.readouterr().err
     assert main(["eval", "--checkpoint", str(tmp_path / "missing.pt")]) == 2
     assert "missing.pt" in capsys.readouterr().err
+
+
+def test_pretrain_without_training_settings_runs_the_default_recipe(monkeypatch, tmp_path, capsys):
+    import selfsup.train.loop
+
+    seen = []
+
+    def fake_pretrain(config, resume=None):
+        seen.append(config)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(selfsup.train.loop, "pretrain", fake_pretrain)
+    for argv, recipe in ((["pretrain"], True), (["pretrain", "--no-progress", "--out", str(tmp_path)], True),
+                         (["pretrain", "--method", "byol"], False)):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert ("embedded default recipe" in capsys.readouterr().out) == recipe, argv
+    default, with_out, byol = seen
+    assert default.method == with_out.method == "simclr" and with_out.out == str(tmp_path) and not with_out.progress
+    assert byol.method == "byol" and byol.data == "digits" and byol.width == 1.0

@@ -123,18 +123,21 @@ def finetune_accuracy(backbone: nn.Module, train: ImageData, test: ImageData, im
 
 def low_label_table(backbone: nn.Module, train: ImageData, test: ImageData, image_size: int, mean, std,
                     fractions: Sequence[float] = (0.01, 0.1), finetune_epochs: int = 30, linear_max_iter: int = 100,
-                    batch_size: int = 256, device: torch.device | str = "cpu", seed: int = 0) -> list[dict]:
+                    batch_size: int = 256, device: torch.device | str = "cpu", seed: int = 0,
+                    features: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[dict]:
     """Linear-probe and fine-tuning top-1 (%) on class-balanced fractions of the training labels.
 
     Each fraction's subset is :func:`balanced_subset` of ``train.labels`` with ``seed``; the linear probe
     trains on the frozen features of that subset, fine-tuning on its images. Rows:
-    ``{"fraction", "labelled_images", "linear_top1", "finetune_top1"}``.
+    ``{"fraction", "labelled_images", "linear_top1", "finetune_top1"}``. ``features``: the backbone's
+    (train, test) features when the caller already has them.
     """
     if train.labels is None or test.labels is None:
         raise ValueError("the low-label table needs labelled train and test data")
     num_classes = int(max(train.labels.max(), test.labels.max())) + 1
-    train_features = extract_features(backbone, train, image_size, mean, std, device=device)
-    test_features = extract_features(backbone, test, image_size, mean, std, device=device)
+    if features is None:
+        features = tuple(extract_features(backbone, d, image_size, mean, std, device=device) for d in (train, test))
+    train_features, test_features = features
     rows = []
     for fraction in fractions:
         indices = balanced_subset(train.labels, fraction, seed)

@@ -13,6 +13,7 @@ from selfsup.files import atomic_torch_save, atomic_write_text
 
 def run_evaluation(config: EvalConfig, log=print) -> dict:
     """kNN and linear probe (and baselines) of a checkpoint's backbone; writes eval.json to ``out``."""
+    from selfsup.eval.features import extract_features
     from selfsup.eval.table import evaluation_table, format_table
     from selfsup.train.loop import resolve_device
 
@@ -27,9 +28,13 @@ def run_evaluation(config: EvalConfig, log=print) -> dict:
         raise ValueError("setting 'test_data' is required for a data folder (the labelled test split)")
     test = load_image_data(test_spec, "test", config.skip_bad_images)
     image_size = config.image_size or meta["image_size"] or 224
+    # Extracted once here: both the table and the low-label probes read them.
+    features = tuple(extract_features(backbone, d, image_size, meta["mean"], meta["std"], device=device,
+                                      num_workers=config.num_workers, progress=True) for d in (train, test))
     table = evaluation_table(backbone, train, test, image_size, meta["mean"], meta["std"], config.knn_k,
                              config.knn_temperature, config.linear_max_iter, config.baselines, device,
-                             config.seed, config.num_workers, progress=True, log=lambda *_: None)
+                             config.seed, config.num_workers, progress=True, log=lambda *_: None,
+                             pretrained_features=features)
     table["checkpoint"] = str(config.checkpoint)
     log(format_table(table))
     if config.low_label_fractions:
@@ -37,7 +42,8 @@ def run_evaluation(config: EvalConfig, log=print) -> dict:
 
         table["low_label"] = low_label_table(backbone, train, test, image_size, meta["mean"], meta["std"],
                                              config.low_label_fractions, config.finetune_epochs,
-                                             config.linear_max_iter, config.batch_size, device, config.seed)
+                                             config.linear_max_iter, config.batch_size, device, config.seed,
+                                             features)
         log(format_low_label_table(table["low_label"]))
     out = Path(config.out) if config.out else Path(config.checkpoint).resolve().parent
     atomic_write_text(out / "eval.json", json.dumps(table, indent=2))

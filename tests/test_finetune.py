@@ -107,6 +107,28 @@ def test_low_label_table_uses_balanced_fractions():
     assert 0 <= rows[0]["linear_top1"] <= 100 and 0 <= rows[0]["finetune_top1"] <= 100
 
 
+def test_low_label_table_baselines_are_the_reinitialised_backbone_on_the_same_labels():
+    from selfsup.eval.table import reinitialized
+
+    train, test = load_digits_data("train"), load_digits_data("test")
+    test = subset_data(test, torch.arange(100))
+    torch.manual_seed(0)
+    backbone = ResNetBackbone("resnet18", cifar_stem=True, width=0.125)
+    settings = dict(fractions=(0.1,), finetune_epochs=1, linear_max_iter=5, batch_size=32, seed=3)
+    plain = low_label_table(backbone, train, test, 8, (0.3,) * 3, (0.35,) * 3, **settings)
+    with_baselines = low_label_table(backbone, train, test, 8, (0.3,) * 3, (0.35,) * 3, baselines=True, **settings)
+    assert {k: with_baselines[0][k] for k in plain[0]} == plain[0]  # the baseline leaves the pretrained row alone
+    indices = balanced_subset(train.labels, 0.1, 3)
+    expected = finetune_accuracy(reinitialized(backbone, 3), subset_data(train, indices), test, 8, (0.3,) * 3,
+                                 (0.35,) * 3, epochs=1, batch_size=32, seed=3)
+    assert with_baselines[0]["random_finetune_top1"] == round(expected, 2)
+    assert 0 <= with_baselines[0]["random_linear_top1"] <= 100
+    from selfsup.eval.run import format_low_label_table
+
+    printed = format_low_label_table(with_baselines).splitlines()
+    assert "random init" in printed[0] and f"{with_baselines[0]['random_finetune_top1']:.2f}" in printed[2]
+
+
 def test_finetuning_rejects_unlabelled_data():
     train = load_digits_data("train")
     unlabelled = subset_data(train, torch.arange(10))

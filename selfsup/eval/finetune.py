@@ -124,28 +124,40 @@ def finetune_accuracy(backbone: nn.Module, train: ImageData, test: ImageData, im
 def low_label_table(backbone: nn.Module, train: ImageData, test: ImageData, image_size: int, mean, std,
                     fractions: Sequence[float] = (0.01, 0.1), finetune_epochs: int = 30, linear_max_iter: int = 100,
                     batch_size: int = 256, device: torch.device | str = "cpu", seed: int = 0,
-                    features: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[dict]:
+                    features: tuple[torch.Tensor, torch.Tensor] | None = None, baselines: bool = False) -> list[dict]:
     """Linear-probe and fine-tuning top-1 (%) on class-balanced fractions of the training labels.
 
     Each fraction's subset is :func:`balanced_subset` of ``train.labels`` with ``seed``; the linear probe
     trains on the frozen features of that subset, fine-tuning on its images. Rows:
-    ``{"fraction", "labelled_images", "linear_top1", "finetune_top1"}``. ``features``: the backbone's
-    (train, test) features when the caller already has them.
+    ``{"fraction", "labelled_images", "linear_top1", "finetune_top1"}``, and with ``baselines`` also
+    ``random_linear_top1`` and ``random_finetune_top1``: the same backbone at random initialisation, probed
+    and trained on the same labels for the same epochs (the papers' supervised-from-scratch row), so the
+    table shows what pretraining bought at each fraction. ``features``: the backbone's (train, test)
+    features when the caller already has them.
     """
     if train.labels is None or test.labels is None:
         raise ValueError("the low-label table needs labelled train and test data")
     num_classes = int(max(train.labels.max(), test.labels.max())) + 1
     if features is None:
         features = tuple(extract_features(backbone, d, image_size, mean, std, device=device) for d in (train, test))
-    train_features, test_features = features
+    candidates = [("", backbone, features)]
+    if baselines:
+        from selfsup.eval.table import reinitialized
+
+        random_backbone = reinitialized(backbone, seed).to(device)
+        random_features = tuple(extract_features(random_backbone, d, image_size, mean, std, device=device)
+                                for d in (train, test))
+        candidates.append(("random_", random_backbone, random_features))
     rows = []
     for fraction in fractions:
         indices = balanced_subset(train.labels, fraction, seed)
-        linear = linear_probe_accuracy(train_features[indices], train.labels[indices], test_features, test.labels,
-                                       num_classes, max_iter=linear_max_iter, seed=seed)
-        finetuned = finetune_accuracy(backbone, subset_data(train, indices), test, image_size, mean, std,
-                                      num_classes, epochs=finetune_epochs, batch_size=batch_size, device=device,
-                                      seed=seed)
-        rows.append({"fraction": fraction, "labelled_images": len(indices), "linear_top1": round(linear, 2),
-                     "finetune_top1": round(finetuned, 2)})
+        row = {"fraction": fraction, "labelled_images": len(indices)}
+        for prefix, model, (train_features, test_features) in candidates:
+            linear = linear_probe_accuracy(train_features[indices], train.labels[indices], test_features,
+                                           test.labels, num_classes, max_iter=linear_max_iter, seed=seed)
+            finetuned = finetune_accuracy(model, subset_data(train, indices), test, image_size, mean, std,
+                                          num_classes, epochs=finetune_epochs, batch_size=batch_size,
+                                          device=device, seed=seed)
+            row |= {f"{prefix}linear_top1": round(linear, 2), f"{prefix}finetune_top1": round(finetuned, 2)}
+        rows.append(row)
     return rows

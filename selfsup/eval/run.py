@@ -43,7 +43,7 @@ def run_evaluation(config: EvalConfig, log=print) -> dict:
         table["low_label"] = low_label_table(backbone, train, test, image_size, meta["mean"], meta["std"],
                                              config.low_label_fractions, config.finetune_epochs,
                                              config.linear_max_iter, config.batch_size, device, config.seed,
-                                             features)
+                                             features, baselines=config.baselines)
         log(format_low_label_table(table["low_label"]))
     out = Path(config.out) if config.out else Path(config.checkpoint).resolve().parent
     atomic_write_text(out / "eval.json", json.dumps(table, indent=2))
@@ -52,9 +52,17 @@ def run_evaluation(config: EvalConfig, log=print) -> dict:
 
 
 def format_low_label_table(rows: list[dict]) -> str:
-    lines = [f"{'labels':>8}{'images':>8}{'linear top-1':>14}{'fine-tune top-1':>17}", "-" * 47]
-    lines += [f"{row['fraction']:>8.0%}{row['labelled_images']:>8}{row['linear_top1']:>14.2f}"
-              f"{row['finetune_top1']:>17.2f}" for row in rows]
+    baselines = bool(rows) and "random_linear_top1" in rows[0]
+    header = f"{'labels':>8}{'images':>8}{'linear top-1':>14}{'fine-tune top-1':>17}"
+    if baselines:
+        header += f"{'random init: linear':>21}{'fine-tune':>11}"
+    lines = [header, "-" * len(header)]
+    for row in rows:
+        line = (f"{row['fraction']:>8.0%}{row['labelled_images']:>8}{row['linear_top1']:>14.2f}"
+                f"{row['finetune_top1']:>17.2f}")
+        if baselines:
+            line += f"{row['random_linear_top1']:>21.2f}{row['random_finetune_top1']:>11.2f}"
+        lines.append(line)
     return "\n".join(lines)
 
 

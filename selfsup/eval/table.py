@@ -14,7 +14,8 @@ from selfsup.eval.knn import knn_accuracy
 from selfsup.eval.linear import linear_probe_accuracy
 
 
-def _reinitialized(backbone: nn.Module, seed: int) -> nn.Module:
+def reinitialized(backbone: nn.Module, seed: int) -> nn.Module:
+    """A copy of ``backbone`` with every layer reset to its random initialisation (seeded, global RNG untouched)."""
     fresh = copy.deepcopy(backbone)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -49,7 +50,7 @@ def evaluation_table(backbone: nn.Module, train: ImageData, test: ImageData, ima
     known = {id(train): pretrained_features[0], id(test): pretrained_features[1]}
     candidates: list[tuple[str, Callable[[ImageData], torch.Tensor]]] = [("pretrained", lambda d: known[id(d)])]
     if baselines:
-        random_backbone = _reinitialized(backbone, seed).to(device)
+        random_backbone = reinitialized(backbone, seed).to(device)
         candidates.append(("random init", lambda d: extract_features(random_backbone, d, image_size, mean, std,
                                                                      device=device, num_workers=num_workers)))
         if train.in_memory and test.in_memory:

@@ -128,6 +128,7 @@ class PretrainConfig:
     projection_hidden_dim: int | None = None  # SimCLR 2048, BYOL 4096
     projection_dim: int | None = None  # SimCLR 128, BYOL 256
     prediction_hidden_dim: int = 4096  # BYOL only
+    predictor_lr_multiplier: float = 1.0  # BYOL only: the predictor's lr over the encoder's (paper: 1)
     temperature: float = 0.5  # SimCLR; the paper's CIFAR-10 value (0.1 for ImageNet at batch 4096)
     gather_distributed: bool = True  # SimCLR: negatives from all ranks
     momentum_base: float = 0.996  # BYOL's tau_base
@@ -172,7 +173,7 @@ class PretrainConfig:
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"setting '{name}' must be >= 1, got {value}")
-        for name in ("temperature", "width", "knn_temperature", "color_strength"):
+        for name in ("temperature", "width", "knn_temperature", "color_strength", "predictor_lr_multiplier"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"setting '{name}' must be > 0, got {getattr(self, name)}")
         if self.image_size is not None and self.image_size < 8:

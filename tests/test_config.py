@@ -12,6 +12,7 @@ def test_unknown_key_is_named():
     ({"epochs": 0}, "epochs"), ({"epochs": -1}, "epochs"), ({"temperature": 0.0}, "temperature"),
     ({"temperature": -0.5}, "temperature"), ({"method": "moco"}, "method"), ({"batch_size": "big"}, "batch_size"),
     ({"epochs": 2.5}, "epochs"), ({"online_probe": "yes"}, "online_probe"), ({"width": 0}, "width"),
+    ({"predictor_lr_multiplier": 0}, "predictor_lr_multiplier"),
 ])
 def test_bad_values_are_named(values, name):
     with pytest.raises(ConfigError, match=name):

@@ -204,3 +204,37 @@ def test_scaled_learning_rate() -> None:
     assert scaled_learning_rate(0.2, 4096) == pytest.approx(3.2)  # BYOL's
     assert scaled_learning_rate(1.0, 256) == pytest.approx(1.0)
     assert scaled_learning_rate(1.0, 128) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("name", ["lars", "sgd"])
+def test_predictor_lr_multiplier_scales_only_the_predictors_step(name: str) -> None:
+    from selfsup.methods import BYOL
+
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Flatten(), nn.Linear(12, 6), nn.ReLU())
+    model = BYOL(backbone, feature_dim=6, projection_hidden_dim=8, projection_dim=4, prediction_hidden_dim=8)
+    view1, view2 = torch.randn(5, 12), torch.randn(5, 12)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    moved = {}
+    for multiplier in (1.0, 10.0):
+        model.load_state_dict(start)
+        optimizer = build_optimizer(name, model, lr=0.2, weight_decay=1e-4, predictor_lr_multiplier=multiplier)
+        # a schedule scales every group alike, so the ratio holds at every step
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5)
+        assert sorted({g["lr"] for g in optimizer.param_groups}) == sorted({0.1, 0.1 * multiplier})
+        optimizer.zero_grad()
+        model(view1, view2).loss.backward()
+        optimizer.step()
+        scheduler.step()
+        moved[multiplier] = {k: (v.detach().double() - start[k].double()) for k, v in model.named_parameters()
+                             if v.requires_grad}
+    for key, step in moved[1.0].items():
+        factor = 10.0 if key.startswith("predictor.") else 1.0
+        # float32 weights: a step of ~1e-3 of a weight is resolved to ~1e-4 of itself
+        torch.testing.assert_close(moved[10.0][key], factor * step, rtol=1e-3, atol=1e-7, msg=key)
+    assert any(step.abs().max() > 0 for key, step in moved[1.0].items() if key.startswith("predictor."))
+
+
+def test_predictor_lr_multiplier_needs_a_predictor() -> None:
+    with pytest.raises(ValueError, match="predictor_lr_multiplier"):
+        build_optimizer("lars", nn.Linear(2, 2), lr=0.1, weight_decay=0.0, predictor_lr_multiplier=10.0)

@@ -87,15 +87,17 @@ def _config(tmp_path, name, data, **overrides):
     return PretrainConfig(**values)
 
 
-@pytest.mark.parametrize("method", ["byol", "simclr"])
-def test_resume_from_mid_epoch_is_bitwise_exact(tmp_path, method, digits_subset):
+@pytest.mark.parametrize(("method", "extra"), [("byol", {}), ("simclr", {}),
+                                               ("byol", {"predictor_lr_multiplier": 10.0})],
+                         ids=["byol", "simclr", "byol-fast-predictor"])
+def test_resume_from_mid_epoch_is_bitwise_exact(tmp_path, method, extra, digits_subset):
     # 256 images -> 8 steps/epoch at batch 32, 16 steps in all; checkpoints every 3 steps.
-    uninterrupted = pretrain(_config(tmp_path, "full", digits_subset, method=method), log=lambda *_: None)
-    interrupted = _config(tmp_path, "split", digits_subset, method=method, max_steps=13)
+    uninterrupted = pretrain(_config(tmp_path, "full", digits_subset, method=method, **extra), log=lambda *_: None)
+    interrupted = _config(tmp_path, "split", digits_subset, method=method, max_steps=13, **extra)
     pretrain(interrupted, log=lambda *_: None)
     mid_epoch = [p for p in list_checkpoints(tmp_path / "split" / "checkpoints")
                  if load_checkpoint(p)["step"] == 12][0]  # step 12: epoch 2, batch 4
-    resumed = pretrain(_config(tmp_path, "split", digits_subset, method=method), resume=mid_epoch,
+    resumed = pretrain(_config(tmp_path, "split", digits_subset, method=method, **extra), resume=mid_epoch,
                        log=lambda *_: None)
     assert uninterrupted.steps == resumed.steps == 16
     full = load_checkpoint(uninterrupted.checkpoint)
@@ -144,6 +146,9 @@ def test_resume_refuses_a_different_model(tmp_path, digits_subset):
     first = pretrain(_config(tmp_path, "a", digits_subset, max_steps=3), log=lambda *_: None)
     with pytest.raises(ValueError, match="method"):
         pretrain(_config(tmp_path, "a", digits_subset, method="simclr"), resume=first.checkpoint,
+                 log=lambda *_: None)
+    with pytest.raises(ValueError, match="predictor_lr_multiplier=1.0.*predictor_lr_multiplier=10.0"):
+        pretrain(_config(tmp_path, "a", digits_subset, predictor_lr_multiplier=10.0), resume=first.checkpoint,
                  log=lambda *_: None)
 
 

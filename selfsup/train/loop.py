@@ -194,7 +194,8 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None, log=print
     warmup_steps = min(round(config.warmup_epochs * steps_per_epoch), total_steps)
     hp = resolve(config)
     peak_lr = scaled_learning_rate(hp.base_lr, config.batch_size)
-    optimizer = build_optimizer(config.optimizer, method, peak_lr, hp.weight_decay)
+    optimizer = build_optimizer(config.optimizer, method, peak_lr, hp.weight_decay,
+                                predictor_lr_multiplier=config.predictor_lr_multiplier if config.method == "byol" else 1.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total_steps, warmup_steps))
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
@@ -215,8 +216,9 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None, log=print
             resume = dist.broadcast_object(found[-1] if found else None)  # every rank loads rank 0's pick
     if resume is not None:
         state = load_checkpoint(resume, map_location=device)
-        for key in ("method", "backbone", "image_size"):
-            saved = state["config"].get(key) if key != "image_size" else state.get("image_size")
+        saved_config = {"predictor_lr_multiplier": 1.0} | state["config"]  # 1.0: checkpoints from before the setting
+        for key in ("method", "backbone", "image_size", "predictor_lr_multiplier"):
+            saved = saved_config.get(key) if key != "image_size" else state.get("image_size")
             current = getattr(config, key) if key != "image_size" else image_size
             if saved != current:
                 raise ValueError(f"cannot resume from {resume}: it was trained with {key}={saved!r}, "

@@ -103,9 +103,26 @@ class LARS(torch.optim.Optimizer):
 
 
 def build_optimizer(name: OptimizerName, model: nn.Module, lr: float, weight_decay: float,
-                    momentum: float = 0.9) -> torch.optim.Optimizer:
-    """LARS, SGD (momentum, Nesterov off) or AdamW over :func:`parameter_groups` of ``model``."""
+                    momentum: float = 0.9, predictor_lr_multiplier: float = 1.0) -> torch.optim.Optimizer:
+    """LARS, SGD (momentum, Nesterov off) or AdamW over :func:`parameter_groups` of ``model``.
+
+    ``predictor_lr_multiplier``: the learning rate of ``model.predictor`` (BYOL's) relative to the rest, as
+    its own groups; the schedule scales every group alike. BYOL's analysis (Grill et al. 2020, sec. 3.2) is
+    that the moving average works by keeping the predictor near-optimal, and SimSiam (Chen and He 2021,
+    sec. 4.2) and DirectPred (Tian et al. 2021) train the predictor faster than the encoder to that end.
+    """
     groups = parameter_groups(model, weight_decay)
+    if predictor_lr_multiplier != 1.0:
+        predictor = getattr(model, "predictor", None)
+        if not isinstance(predictor, nn.Module):
+            raise ValueError("predictor_lr_multiplier needs a model with a 'predictor' (BYOL)")
+        in_predictor = {id(p) for p in predictor.parameters()}
+        split = []
+        for group in groups:
+            rest = [p for p in group["params"] if id(p) not in in_predictor]
+            own = [p for p in group["params"] if id(p) in in_predictor]
+            split += [dict(group, params=rest), dict(group, params=own, lr=lr * predictor_lr_multiplier)]
+        groups = [group for group in split if group["params"]]
     if name == "lars":
         return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     for group in groups:

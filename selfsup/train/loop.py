@@ -194,8 +194,9 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None, log=print
     warmup_steps = min(round(config.warmup_epochs * steps_per_epoch), total_steps)
     hp = resolve(config)
     peak_lr = scaled_learning_rate(hp.base_lr, config.batch_size)
+    predictor_lr_multiplier = config.predictor_lr_multiplier if config.method == "byol" else 1.0  # SimCLR has none
     optimizer = build_optimizer(config.optimizer, method, peak_lr, hp.weight_decay,
-                                predictor_lr_multiplier=config.predictor_lr_multiplier if config.method == "byol" else 1.0)
+                                predictor_lr_multiplier=predictor_lr_multiplier)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total_steps, warmup_steps))
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)

@@ -108,8 +108,8 @@ def build_optimizer(name: OptimizerName, model: nn.Module, lr: float, weight_dec
 
     ``predictor_lr_multiplier``: the learning rate of ``model.predictor`` (BYOL's) relative to the rest, as
     its own groups; the schedule scales every group alike. BYOL's analysis (Grill et al. 2020, sec. 3.2) is
-    that the moving average works by keeping the predictor near-optimal, and SimSiam (Chen and He 2021,
-    sec. 4.2) and DirectPred (Tian et al. 2021) train the predictor faster than the encoder to that end.
+    that the moving average works by keeping the predictor near-optimal; SimSiam (Chen and He 2021, sec. 4.2)
+    keeps the predictor's learning rate from decaying for the same reason. A faster predictor is the same idea.
     """
     groups = parameter_groups(model, weight_decay)
     if predictor_lr_multiplier != 1.0:

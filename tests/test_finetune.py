@@ -123,6 +123,11 @@ def test_low_label_table_baselines_are_the_reinitialised_backbone_on_the_same_la
                                  (0.35,) * 3, epochs=1, batch_size=32, seed=3)
     assert with_baselines[0]["random_finetune_top1"] == round(expected, 2)
     assert 0 <= with_baselines[0]["random_linear_top1"] <= 100
+    from selfsup.eval.features import extract_features
+
+    given = tuple(extract_features(reinitialized(backbone, 3), d, 8, (0.3,) * 3, (0.35,) * 3) for d in (train, test))
+    assert low_label_table(backbone, train, test, 8, (0.3,) * 3, (0.35,) * 3, baselines=True, random_features=given,
+                           **settings) == with_baselines  # features handed in by `selfsup eval` change nothing
     from selfsup.eval.run import format_low_label_table
 
     printed = format_low_label_table(with_baselines).splitlines()

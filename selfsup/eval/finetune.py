@@ -124,7 +124,8 @@ def finetune_accuracy(backbone: nn.Module, train: ImageData, test: ImageData, im
 def low_label_table(backbone: nn.Module, train: ImageData, test: ImageData, image_size: int, mean, std,
                     fractions: Sequence[float] = (0.01, 0.1), finetune_epochs: int = 30, linear_max_iter: int = 100,
                     batch_size: int = 256, device: torch.device | str = "cpu", seed: int = 0,
-                    features: tuple[torch.Tensor, torch.Tensor] | None = None, baselines: bool = False) -> list[dict]:
+                    features: tuple[torch.Tensor, torch.Tensor] | None = None, baselines: bool = False,
+                    random_features: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[dict]:
     """Linear-probe and fine-tuning top-1 (%) on class-balanced fractions of the training labels.
 
     Each fraction's subset is :func:`balanced_subset` of ``train.labels`` with ``seed``; the linear probe
@@ -132,8 +133,8 @@ def low_label_table(backbone: nn.Module, train: ImageData, test: ImageData, imag
     ``{"fraction", "labelled_images", "linear_top1", "finetune_top1"}``, and with ``baselines`` also
     ``random_linear_top1`` and ``random_finetune_top1``: the same backbone at random initialisation, probed
     and trained on the same labels for the same epochs (the papers' supervised-from-scratch row), so the
-    table shows what pretraining bought at each fraction. ``features``: the backbone's (train, test)
-    features when the caller already has them.
+    table shows what pretraining bought at each fraction. ``features``, ``random_features``: the (train, test)
+    features of the backbone and of its random initialisation, when the caller already has them.
     """
     if train.labels is None or test.labels is None:
         raise ValueError("the low-label table needs labelled train and test data")
@@ -145,8 +146,9 @@ def low_label_table(backbone: nn.Module, train: ImageData, test: ImageData, imag
         from selfsup.eval.table import reinitialized
 
         random_backbone = reinitialized(backbone, seed).to(device)
-        random_features = tuple(extract_features(random_backbone, d, image_size, mean, std, device=device)
-                                for d in (train, test))
+        if random_features is None:
+            random_features = tuple(extract_features(random_backbone, d, image_size, mean, std, device=device)
+                                    for d in (train, test))
         candidates.append(("random_", random_backbone, random_features))
     rows = []
     for fraction in fractions:

@@ -14,7 +14,7 @@ from selfsup.files import atomic_torch_save, atomic_write_text
 def run_evaluation(config: EvalConfig, log=print) -> dict:
     """kNN and linear probe (and baselines) of a checkpoint's backbone; writes eval.json to ``out``."""
     from selfsup.eval.features import extract_features
-    from selfsup.eval.table import evaluation_table, format_table
+    from selfsup.eval.table import evaluation_table, format_table, reinitialized
     from selfsup.train.loop import resolve_device
 
     if config.checkpoint is None:
@@ -29,12 +29,16 @@ def run_evaluation(config: EvalConfig, log=print) -> dict:
     test = load_image_data(test_spec, "test", config.skip_bad_images)
     image_size = config.image_size or meta["image_size"] or 224
     # Extracted once here: both the table and the low-label probes read them.
-    features = tuple(extract_features(backbone, d, image_size, meta["mean"], meta["std"], device=device,
+    def features_of(model):
+        return tuple(extract_features(model, d, image_size, meta["mean"], meta["std"], device=device,
                                       num_workers=config.num_workers, progress=True) for d in (train, test))
+
+    features = features_of(backbone)
+    random_features = features_of(reinitialized(backbone, config.seed).to(device)) if config.baselines else None
     table = evaluation_table(backbone, train, test, image_size, meta["mean"], meta["std"], config.knn_k,
                              config.knn_temperature, config.linear_max_iter, config.baselines, device,
                              config.seed, config.num_workers, progress=True, log=lambda *_: None,
-                             pretrained_features=features)
+                             pretrained_features=features, random_features=random_features)
     table["checkpoint"] = str(config.checkpoint)
     log(format_table(table))
     if config.low_label_fractions:
@@ -43,7 +47,8 @@ def run_evaluation(config: EvalConfig, log=print) -> dict:
         table["low_label"] = low_label_table(backbone, train, test, image_size, meta["mean"], meta["std"],
                                              config.low_label_fractions, config.finetune_epochs,
                                              config.linear_max_iter, config.batch_size, device, config.seed,
-                                             features, baselines=config.baselines)
+                                             features, baselines=config.baselines,
+                                             random_features=random_features)
         log(format_low_label_table(table["low_label"]))
     out = Path(config.out) if config.out else Path(config.checkpoint).resolve().parent
     atomic_write_text(out / "eval.json", json.dumps(table, indent=2))

@@ -30,11 +30,13 @@ def evaluation_table(backbone: nn.Module, train: ImageData, test: ImageData, ima
                      baselines: bool = True, device: torch.device | str = "cpu", seed: int = 0,
                      num_workers: int = 2, progress: bool = False,
                      log: Callable[[str], None] = print,
-                     pretrained_features: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
+                     pretrained_features: tuple[torch.Tensor, torch.Tensor] | None = None,
+                     random_features: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict:
     """Rows {"name", "knn_top1", "linear_top1"} for the backbone (and baselines), plus the top-level
     ``knn_top1`` / ``linear_top1`` of the backbone itself.
 
-    ``pretrained_features``: the backbone's (train, test) features when the caller already has them.
+    ``pretrained_features``, ``random_features``: the (train, test) features of the backbone and of
+    :func:`reinitialized` ``(backbone, seed)``, when the caller already has them.
     """
     for split in (train, test):
         if split.labels is None:
@@ -50,9 +52,12 @@ def evaluation_table(backbone: nn.Module, train: ImageData, test: ImageData, ima
     known = {id(train): pretrained_features[0], id(test): pretrained_features[1]}
     candidates: list[tuple[str, Callable[[ImageData], torch.Tensor]]] = [("pretrained", lambda d: known[id(d)])]
     if baselines:
-        random_backbone = reinitialized(backbone, seed).to(device)
-        candidates.append(("random init", lambda d: extract_features(random_backbone, d, image_size, mean, std,
-                                                                     device=device, num_workers=num_workers)))
+        if random_features is None:
+            random_backbone = reinitialized(backbone, seed).to(device)
+            random_features = tuple(extract_features(random_backbone, d, image_size, mean, std, device=device,
+                                                     num_workers=num_workers) for d in (train, test))
+        known_random = {id(train): random_features[0], id(test): random_features[1]}
+        candidates.append(("random init", lambda d: known_random[id(d)]))
         if train.in_memory and test.in_memory:
             candidates.append(("raw pixels", lambda d: pixel_features(d, image_size)))
     rows = []

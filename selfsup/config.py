@@ -140,6 +140,9 @@ class PretrainConfig:
     batch_size: int = 256  # global batch, split over processes
     optimizer: Literal["lars", "sgd", "adamw"] = "lars"
     base_lr: float | None = None  # per 256 images: SimCLR LARS 0.3, BYOL LARS 0.2, SGD 0.06, AdamW 1e-3
+    lars_trust_coefficient: float = 0.001  # LARS's eta (both papers: 0.001)
+    # LARS: cap each layer's step at plain SGD's at the scheduled lr (solo-learn's CIFAR recipes, with eta 0.02)
+    lars_clip: bool = False
     weight_decay: float | None = None  # SimCLR 1e-6, BYOL 1.5e-6 (LARS); SGD 5e-4; AdamW 1e-6
     warmup_epochs: float = 10.0
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
@@ -173,7 +176,8 @@ class PretrainConfig:
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"setting '{name}' must be >= 1, got {value}")
-        for name in ("temperature", "width", "knn_temperature", "color_strength", "predictor_lr_multiplier"):
+        for name in ("temperature", "width", "knn_temperature", "color_strength", "predictor_lr_multiplier",
+                     "lars_trust_coefficient"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"setting '{name}' must be > 0, got {getattr(self, name)}")
         if self.image_size is not None and self.image_size < 8:

@@ -19,13 +19,15 @@ def _norm(values: list[float]) -> float:
 
 
 def _lars_by_hand(weight: list[float], grads: list[list[float]], lr: float, weight_decay: float,
-                  eta: float, momentum: float) -> list[list[float]]:
-    """Weights after each LARS step, in plain Python: d = g + wd w, r = eta ||w|| / ||d||,
-    v = momentum v + r d (v starts at r d), w = w - lr v."""
+                  eta: float, momentum: float, clip: bool = False) -> list[list[float]]:
+    """Weights after each LARS step, in plain Python: d = g + wd w, r = eta ||w|| / ||d||
+    (clipped: r = min(r, lr) / lr), v = momentum v + r d (v starts at r d), w = w - lr v."""
     history, velocity = [], None
     for grad in grads:
         direction = [g + weight_decay * w for g, w in zip(grad, weight, strict=True)]
         ratio = eta * _norm(weight) / _norm(direction)
+        if clip:
+            ratio = min(ratio, lr) / lr
         scaled = [ratio * d for d in direction]
         if velocity is None:
             velocity = scaled
@@ -77,6 +79,34 @@ def test_lars_two_steps_with_momentum() -> None:
         _step_with(optimizer, weight, grad)
         torch.testing.assert_close(weight.detach().flatten(), torch.tensor(weight_after, dtype=torch.float64),
                                    rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("eta", [0.02, 0.5])
+def test_lars_clip_caps_the_step_at_sgds(eta: float) -> None:
+    """Clipped, a layer's step is min(eta ||w|| / ||d||, lr) d. eta 0.02: the trust ratio (about 0.1 here) is
+    under lr 0.5, so the step is the ratio's alone, as unclipped LARS at lr 1; eta 0.5: the ratio (about 2.5)
+    is over it, so the step is plain momentum SGD on d = g + wd w at lr 0.5."""
+    weight = nn.Parameter(torch.tensor(WEIGHT, dtype=torch.float64).view(2, 3))
+    optimizer = LARS([weight], lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY, trust_coefficient=eta,
+                     clip=True)
+    clipped = _lars_by_hand(WEIGHT, GRADS, LR, WEIGHT_DECAY, eta, MOMENTUM, clip=True)
+    for grad, weight_after in zip(GRADS, clipped, strict=True):
+        _step_with(optimizer, weight, grad)
+        torch.testing.assert_close(weight.detach().flatten(), torch.tensor(weight_after, dtype=torch.float64),
+                                   rtol=1e-12, atol=1e-15)
+    if eta == 0.02:
+        expected = _lars_by_hand(WEIGHT, GRADS, 1.0, WEIGHT_DECAY, eta, MOMENTUM)
+    else:
+        decayed = [[g + WEIGHT_DECAY * w for g, w in zip(GRADS[0], WEIGHT, strict=True)]]
+        expected = _plain_momentum_sgd_by_hand(WEIGHT, decayed, LR, MOMENTUM)  # one step: the decay is w's
+        clipped = clipped[:1]
+    for got, want in zip(clipped, expected, strict=True):
+        assert got == pytest.approx(want, rel=1e-12, abs=1e-15)
+
+
+def test_lars_rejects_a_trust_coefficient_of_zero() -> None:
+    with pytest.raises(ValueError, match="trust coefficient"):
+        LARS([nn.Parameter(torch.ones(2))], lr=0.1, trust_coefficient=0.0)
 
 
 def test_lars_zero_weight_uses_ratio_one() -> None:

@@ -88,8 +88,9 @@ def _config(tmp_path, name, data, **overrides):
 
 
 @pytest.mark.parametrize(("method", "extra"), [("byol", {}), ("simclr", {}),
-                                               ("byol", {"predictor_lr_multiplier": 10.0})],
-                         ids=["byol", "simclr", "byol-fast-predictor"])
+                                               ("byol", {"predictor_lr_multiplier": 10.0, "lars_clip": True,
+                                                         "lars_trust_coefficient": 0.02})],
+                         ids=["byol", "simclr", "byol-fast-predictor-clipped-lars"])
 def test_resume_from_mid_epoch_is_bitwise_exact(tmp_path, method, extra, digits_subset):
     # 256 images -> 8 steps/epoch at batch 32, 16 steps in all; checkpoints every 3 steps.
     uninterrupted = pretrain(_config(tmp_path, "full", digits_subset, method=method, **extra), log=lambda *_: None)
@@ -108,6 +109,9 @@ def test_resume_from_mid_epoch_is_bitwise_exact(tmp_path, method, extra, digits_
         assert torch.equal(group_a["momentum_buffer"], group_b["momentum_buffer"])
     steps = [json.loads(line)["step"] for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(steps), "the metrics file reads as one run after a resume"
+    for group in again["optimizer"]["param_groups"]:  # the settings reached the optimizer
+        assert group["clip"] == extra.get("lars_clip", False)
+        assert group["trust_coefficient"] == extra.get("lars_trust_coefficient", 0.001)
 
 
 @pytest.mark.parametrize("method", ["byol", "simclr"])
@@ -150,6 +154,8 @@ def test_resume_refuses_a_different_model(tmp_path, digits_subset):
     with pytest.raises(ValueError, match="predictor_lr_multiplier=1.0.*predictor_lr_multiplier=10.0"):
         pretrain(_config(tmp_path, "a", digits_subset, predictor_lr_multiplier=10.0), resume=first.checkpoint,
                  log=lambda *_: None)
+    with pytest.raises(ValueError, match="lars_clip=False.*lars_clip=True"):
+        pretrain(_config(tmp_path, "a", digits_subset, lars_clip=True), resume=first.checkpoint, log=lambda *_: None)
 
 
 def test_cli_errors_are_one_clear_line(tmp_path, capsys):

@@ -196,7 +196,8 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None, log=print
     peak_lr = scaled_learning_rate(hp.base_lr, config.batch_size)
     predictor_lr_multiplier = config.predictor_lr_multiplier if config.method == "byol" else 1.0  # SimCLR has none
     optimizer = build_optimizer(config.optimizer, method, peak_lr, hp.weight_decay,
-                                predictor_lr_multiplier=predictor_lr_multiplier)
+                                predictor_lr_multiplier=predictor_lr_multiplier,
+                                lars_trust_coefficient=config.lars_trust_coefficient, lars_clip=config.lars_clip)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total_steps, warmup_steps))
     scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
@@ -217,8 +218,10 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None, log=print
             resume = dist.broadcast_object(found[-1] if found else None)  # every rank loads rank 0's pick
     if resume is not None:
         state = load_checkpoint(resume, map_location=device)
-        saved_config = {"predictor_lr_multiplier": 1.0} | state["config"]  # 1.0: checkpoints from before the setting
-        for key in ("method", "backbone", "image_size", "predictor_lr_multiplier"):
+        # The optimizer's settings travel in its state dict and would silently override this run's.
+        before_the_settings = {"predictor_lr_multiplier": 1.0, "lars_trust_coefficient": 0.001, "lars_clip": False}
+        saved_config = before_the_settings | state["config"]
+        for key in ("method", "backbone", "image_size", *before_the_settings):
             saved = saved_config.get(key) if key != "image_size" else state.get("image_size")
             current = getattr(config, key) if key != "image_size" else image_size
             if saved != current:

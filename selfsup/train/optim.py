@@ -44,17 +44,26 @@ class LARS(torch.optim.Optimizer):
     SimCLR's reference ``LARSOptimizer``. Groups with ``lars_exclude=True`` get plain momentum SGD
     (r = 1) and should carry ``weight_decay=0`` (see :func:`parameter_groups`).
 
+    With ``clip=True``, :math:`r \leftarrow \min(r, \text{lr}) / \text{lr}`: a layer's step is
+    :math:`\min(\eta\|w\|/\|g\|, \text{lr})\,g`, the trust ratio's step but never more than plain SGD at
+    the scheduled lr (lightning-bolts' ``clip_lars_lr``, which solo-learn's CIFAR recipes use with
+    :math:`\eta` = 0.02). The relative step of a layer is then :math:`\eta` itself rather than
+    :math:`\eta\,\text{lr}`, and the schedule acts through the cap.
+
     Args:
         trust_coefficient: :math:`\eta` (0.001 in SimCLR and BYOL).
         momentum: :math:`\mu` (0.9).
+        clip: cap the adapted step at plain SGD's (off in SimCLR and BYOL).
     """
 
     def __init__(self, params: Iterable, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
-                 trust_coefficient: float = 0.001) -> None:
+                 trust_coefficient: float = 0.001, clip: bool = False) -> None:
         if lr < 0:
             raise ValueError(f"LARS: learning rate must be >= 0, got {lr}")
+        if not trust_coefficient > 0:
+            raise ValueError(f"LARS: trust coefficient must be > 0, got {trust_coefficient}")
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
-                        trust_coefficient=trust_coefficient, lars_exclude=False)
+                        trust_coefficient=trust_coefficient, clip=clip, lars_exclude=False)
         super().__init__(params, defaults)
         self._scratch: dict[torch.Tensor, torch.Tensor] = {}
 
@@ -88,8 +97,10 @@ class LARS(torch.optim.Optimizer):
                 update_norms = torch.stack(torch._foreach_norm(updates))
                 ratios = torch.where((param_norms > 0) & (update_norms > 0),
                                      group["trust_coefficient"] * param_norms / update_norms,
-                                     torch.ones_like(param_norms)).unbind()
-                torch._foreach_mul_(updates, ratios)
+                                     torch.ones_like(param_norms))
+                if group.get("clip", False) and group["lr"] > 0:  # .get: state dicts from before the option
+                    ratios = ratios.clamp(max=group["lr"]) / group["lr"]
+                torch._foreach_mul_(updates, ratios.unbind())
             continuing = [i for i, state in enumerate(states) if "momentum_buffer" in state]
             if continuing:
                 buffers = [states[i]["momentum_buffer"] for i in continuing]
@@ -103,13 +114,17 @@ class LARS(torch.optim.Optimizer):
 
 
 def build_optimizer(name: OptimizerName, model: nn.Module, lr: float, weight_decay: float,
-                    momentum: float = 0.9, predictor_lr_multiplier: float = 1.0) -> torch.optim.Optimizer:
+                    momentum: float = 0.9, predictor_lr_multiplier: float = 1.0,
+                    lars_trust_coefficient: float = 0.001, lars_clip: bool = False) -> torch.optim.Optimizer:
     """LARS, SGD (momentum, Nesterov off) or AdamW over :func:`parameter_groups` of ``model``.
+
+    ``lars_trust_coefficient`` and ``lars_clip``: :class:`LARS`'s ``trust_coefficient`` and ``clip``.
 
     ``predictor_lr_multiplier``: the learning rate of ``model.predictor`` (BYOL's) relative to the rest, as
     its own groups; the schedule scales every group alike. BYOL's analysis (Grill et al. 2020, sec. 3.2) is
     that the moving average works by keeping the predictor near-optimal; SimSiam (Chen and He 2021, sec. 4.2)
     keeps the predictor's learning rate from decaying for the same reason. A faster predictor is the same idea.
+    Under ``lars_clip`` the learning rate is only the cap of a layer's step, so the multiplier lifts the cap.
     """
     groups = parameter_groups(model, weight_decay)
     if predictor_lr_multiplier != 1.0:
@@ -124,7 +139,8 @@ def build_optimizer(name: OptimizerName, model: nn.Module, lr: float, weight_dec
             split += [dict(group, params=rest), dict(group, params=own, lr=lr * predictor_lr_multiplier)]
         groups = [group for group in split if group["params"]]
     if name == "lars":
-        return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                    trust_coefficient=lars_trust_coefficient, clip=lars_clip)
     for group in groups:
         group.pop("lars_exclude")
     if name == "sgd":

@@ -122,6 +122,9 @@ class PretrainConfig:
     test_data: str | None = None  # labelled data for the final kNN / linear table; built-ins use their test split
     out: str = "runs/pretrain"
     image_size: int | None = None  # None: the data's own side for images <= 64 px (at least 16), else 224
+    # Side of the augmented training views; None: image_size. Features are evaluated at image_size, so smaller
+    # crops train faster and a network trained on crops sees objects at their test size (Touvron et al. 2019).
+    crop_size: int | None = None
     backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
     width: float = 1.0
     cifar_stem: bool | None = None  # None: on for images <= 64 px (SimCLR's CIFAR-10 setup)
@@ -180,8 +183,9 @@ class PretrainConfig:
                      "lars_trust_coefficient"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"setting '{name}' must be > 0, got {getattr(self, name)}")
-        if self.image_size is not None and self.image_size < 8:
-            raise ConfigError(f"setting 'image_size' must be >= 8, got {self.image_size}")
+        for name in ("image_size", "crop_size"):
+            if getattr(self, name) is not None and getattr(self, name) < 8:
+                raise ConfigError(f"setting '{name}' must be >= 8, got {getattr(self, name)}")
         if not 0 < self.crop_min_scale <= 1:
             raise ConfigError(f"setting 'crop_min_scale' must be in (0, 1], got {self.crop_min_scale}")
         if not 0 <= self.momentum_base <= 1:

@@ -14,6 +14,7 @@ def test_unknown_key_is_named():
     ({"epochs": 2.5}, "epochs"), ({"online_probe": "yes"}, "online_probe"), ({"width": 0}, "width"),
     ({"predictor_lr_multiplier": 0}, "predictor_lr_multiplier"),
     ({"lars_trust_coefficient": 0}, "lars_trust_coefficient"), ({"lars_clip": "on"}, "lars_clip"),
+    ({"crop_size": 4}, "crop_size"),
 ])
 def test_bad_values_are_named(values, name):
     with pytest.raises(ConfigError, match=name):

@@ -189,3 +189,20 @@ def test_pretrain_without_training_settings_runs_the_default_recipe(monkeypatch,
     default, with_out, byol = seen
     assert default.method == with_out.method == "simclr" and with_out.out == str(tmp_path) and not with_out.progress
     assert byol.method == "byol" and byol.data == "digits" and byol.width == 1.0
+
+
+def test_crop_size_sets_the_views_and_leaves_the_evaluation_size(tmp_path, digits_subset, monkeypatch):
+    from selfsup.methods.byol import BYOL
+
+    seen, forward = [], BYOL.forward
+
+    def recording(self, view1, view2):
+        seen.append((tuple(view1.shape), tuple(view2.shape)))
+        return forward(self, view1, view2)
+
+    monkeypatch.setattr(BYOL, "forward", recording)
+    lines = []
+    run = pretrain(_config(tmp_path, "crops", digits_subset, crop_size=12, max_steps=2), log=lines.append)
+    assert seen == [((32, 3, 12, 12), (32, 3, 12, 12))] * 2
+    assert "images at 16 px (views of 12 px)" in lines[0]
+    assert load_checkpoint(run.checkpoint)["image_size"] == 16  # what eval and export resize to

@@ -101,8 +101,8 @@ def _two_view_recipes(config: PretrainConfig, image_size: int, mean, std):
     return dataclasses.replace(first, crop_scale=crop_scale), dataclasses.replace(second, crop_scale=crop_scale)
 
 
-def build_batches(config: PretrainConfig, data: ImageData, image_size: int, mean, std, device: torch.device):
-    first, second = _two_view_recipes(config, image_size, mean, std)
+def build_batches(config: PretrainConfig, data: ImageData, crop_size: int, mean, std, device: torch.device):
+    first, second = _two_view_recipes(config, crop_size, mean, std)
     rank, world = dist.rank(), dist.world_size()
     if data.in_memory:
         try:
@@ -185,7 +185,8 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None, log=print
         model = nn.parallel.DistributedDataParallel(
             method, device_ids=[device.index] if device.type == "cuda" else None)
 
-    batches = build_batches(config, data, image_size, mean, std, device)
+    crop_size = config.crop_size or image_size
+    batches = build_batches(config, data, crop_size, mean, std, device)
     steps_per_epoch = len(batches)
     if steps_per_epoch < 1:
         raise ValueError(f"setting 'batch_size' ({config.batch_size}) leaves no full batch in {len(data)} images")
@@ -272,7 +273,8 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None, log=print
         atomic_write_text(out_dir / "config.json", json.dumps(to_dict(config), indent=2))
         if data.skipped:
             atomic_write_text(out_dir / "skipped_images.txt", "".join(f"{p}\t{why}\n" for p, why in data.skipped))
-    log(f"{config.method} on {data.name}: {len(data)} images at {image_size} px, {world} process(es), "
+    crops = f" (views of {crop_size} px)" if crop_size != image_size else ""
+    log(f"{config.method} on {data.name}: {len(data)} images at {image_size} px{crops}, {world} process(es), "
         f"{steps_per_epoch} steps/epoch x {config.epochs} epochs, lr {peak_lr:.4g}, {config.optimizer}")
 
     model.train()

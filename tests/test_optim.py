@@ -109,11 +109,13 @@ def test_lars_rejects_a_trust_coefficient_of_zero() -> None:
         LARS([nn.Parameter(torch.ones(2))], lr=0.1, trust_coefficient=0.0)
 
 
-def test_lars_zero_weight_uses_ratio_one() -> None:
+@pytest.mark.parametrize(("lr", "clip"), [(LR, False), (2.0, True)])
+def test_lars_zero_weight_uses_ratio_one(lr: float, clip: bool) -> None:
+    """Nothing to adapt to: plain SGD's step, clipped or not (lr 2 > 1 would show a clip applied to r = 1)."""
     weight = nn.Parameter(torch.zeros(2, 3, dtype=torch.float64))
-    optimizer = LARS([weight], lr=LR, weight_decay=WEIGHT_DECAY)
+    optimizer = LARS([weight], lr=lr, weight_decay=WEIGHT_DECAY, clip=clip)
     _step_with(optimizer, weight, GRADS[0])
-    torch.testing.assert_close(weight.detach().flatten(), -LR * torch.tensor(GRADS[0], dtype=torch.float64))
+    torch.testing.assert_close(weight.detach().flatten(), -lr * torch.tensor(GRADS[0], dtype=torch.float64))
 
 
 def test_lars_excluded_group_is_plain_momentum_sgd() -> None:

@@ -95,11 +95,11 @@ class LARS(torch.optim.Optimizer):
             if adapt:
                 param_norms = torch.stack(torch._foreach_norm(params))
                 update_norms = torch.stack(torch._foreach_norm(updates))
-                ratios = torch.where((param_norms > 0) & (update_norms > 0),
-                                     group["trust_coefficient"] * param_norms / update_norms,
+                adapted = (param_norms > 0) & (update_norms > 0)
+                ratios = torch.where(adapted, group["trust_coefficient"] * param_norms / update_norms,
                                      torch.ones_like(param_norms))
                 if group.get("clip", False) and group["lr"] > 0:  # .get: state dicts from before the option
-                    ratios = ratios.clamp(max=group["lr"]) / group["lr"]
+                    ratios = torch.where(adapted, ratios.clamp(max=group["lr"]) / group["lr"], ratios)
                 torch._foreach_mul_(updates, ratios.unbind())
             continuing = [i for i, state in enumerate(states) if "momentum_buffer" in state]
             if continuing:

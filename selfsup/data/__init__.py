@@ -1,8 +1,17 @@
 """Image data: folders, arrays and built-in offline sets; reproducible two-view batches."""
 
-from selfsup.data.datasets import ImageData, default_datasets_dir, load_image_data
+from selfsup.data.datasets import (
+    BUILTIN_DATASETS,
+    ImageData,
+    decode_into_memory,
+    default_datasets_dir,
+    load_image_data,
+    load_test_split,
+    match_classes,
+)
 from selfsup.data.images import BadImageError, read_rgb_image
 from selfsup.data.loading import FileTwoViewBatches, InMemoryTwoViewBatches, PerImageTwoViews
 
-__all__ = ["BadImageError", "FileTwoViewBatches", "ImageData", "InMemoryTwoViewBatches", "PerImageTwoViews",
-           "default_datasets_dir", "load_image_data", "read_rgb_image"]
+__all__ = ["BUILTIN_DATASETS", "BadImageError", "FileTwoViewBatches", "ImageData", "InMemoryTwoViewBatches",
+           "PerImageTwoViews", "decode_into_memory", "default_datasets_dir", "load_image_data", "load_test_split",
+           "match_classes", "read_rgb_image"]

@@ -1,8 +1,12 @@
 """Image data sets: folders (ImageFolder or flat), arrays, and built-in offline sets.
 
-Small images (<= 64 px) are decoded once and kept in memory as a uint8 tensor (N, 3, H, W), which the
-training loop augments in batches on the device. Larger images stay on disk as paths and are decoded
-by DataLoader workers.
+A folder of small images is decoded once and kept in memory as a uint8 tensor (N, 3, S, S), which the
+training loop augments in batches on the device; larger images stay on disk as paths and are decoded by
+DataLoader workers. The side S is the data set's, not one file's: see :func:`dataset_image_side`.
+
+Labels of a test split are matched to the training split's classes by :func:`match_classes`: by folder
+name for folders, by position for arrays and built-in sets. :func:`load_test_split` says which test split
+goes with a data setting.
 """
 
 from __future__ import annotations
@@ -10,60 +14,32 @@ from __future__ import annotations
 import gzip
 import os
 import struct
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from selfsup.data.images import IMAGE_EXTENSIONS, BadImageError, display_path, read_rgb_image, square_resize
+from selfsup.data.folders import (
+    SIDE_SAMPLE,
+    FolderScan,
+    dataset_image_side,
+    decode_into_memory,
+    load_folder_data,
+    scan_folder,
+    scan_image_folder,
+)
+from selfsup.data.image_data import ImageData, match_classes
+from selfsup.data.images import SMALL_IMAGE_SIDE
 
-SMALL_IMAGE_SIDE = 64
+__all__ = ["BUILTIN_DATASETS", "SIDE_SAMPLE", "SMALL_IMAGE_SIDE", "FolderScan", "ImageData", "dataset_image_side",
+           "decode_into_memory", "default_datasets_dir", "load_array_data", "load_folder_data", "load_image_data",
+           "load_test_split", "match_classes", "scan_folder", "scan_image_folder"]
+
+# The built-in sets, each with its own test split (load_image_data(name, "test")).
 BUILTIN_DATASETS = ("digits", "fashion-mnist")
+# Array labels are class indices 0..K-1; larger values are ids to renumber (their class list would be huge).
+MAX_ARRAY_CLASSES = 1 << 20
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
-
-
-@dataclass
-class ImageData:
-    """A data set: either ``images`` in memory (uint8, (N, 3, H, W)) or ``paths`` on disk.
-
-    ``labels`` (int64, (N,)) and ``classes`` are None for unlabeled data. ``skipped`` lists files
-    left out by ``skip_bad_images``, with the reason.
-    """
-
-    name: str
-    images: torch.Tensor | None = None
-    paths: list[Path] | None = None
-    labels: torch.Tensor | None = None
-    classes: list[str] | None = None
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if (self.images is None) == (self.paths is None):
-            raise ValueError("ImageData needs exactly one of images (in memory) or paths (on disk)")
-        if self.images is not None and (self.images.dtype != torch.uint8 or self.images.ndim != 4
-                                        or self.images.shape[1] != 3):
-            raise ValueError(f"in-memory images must be uint8 (N, 3, H, W), got {self.images.dtype} "
-                             f"{tuple(self.images.shape)}")
-        if self.labels is not None and len(self.labels) != len(self):
-            raise ValueError(f"{self.name}: {len(self.labels)} labels for {len(self)} images")
-
-    def __len__(self) -> int:
-        return len(self.images) if self.images is not None else len(self.paths)  # type: ignore[arg-type]
-
-    @property
-    def in_memory(self) -> bool:
-        return self.images is not None
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes) if self.classes else 0
-
-    @property
-    def image_side(self) -> int | None:
-        """Side of the in-memory images (None for data on disk)."""
-        return int(self.images.shape[-1]) if self.images is not None else None
 
 
 def default_datasets_dir() -> Path:
@@ -146,99 +122,60 @@ def _array_to_nchw(array: np.ndarray, source: str) -> torch.Tensor:
     return tensor[:, :3].contiguous()
 
 
+def _array_labels(labels: np.ndarray, count: int, path: Path) -> torch.Tensor:
+    """The ``labels`` array of an .npz as int64 (N,): class indices 0..K-1, one per image.
+
+    (N, 1) is squeezed to (N,); integer-valued floats (1.0) are taken as integers. Anything else raises
+    a ValueError naming the file, the shape or values found and what is expected.
+    """
+    expected = f"expected one integer class index (0..K-1) per image, shape ({count},)"
+    if labels.ndim == 2 and labels.shape == (count, 1):
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        one_hot = (labels.ndim == 2 and labels.shape[0] == count and labels.shape[1] > 1
+                   and labels.dtype.kind in "biuf" and bool(np.isin(labels, (0, 1)).all()))
+        hint = "; these look one-hot: save labels.argmax(axis=1) instead" if one_hot else ""
+        raise ValueError(f"{path}: 'labels' has shape {labels.shape}; {expected}{hint}")
+    if len(labels) != count:
+        raise ValueError(f"{path}: 'labels' has {len(labels)} entries for {count} images; {expected}")
+    if labels.dtype.kind == "f":
+        bad = ~np.isfinite(labels) | (np.floor(labels) != labels)
+        if bad.any():
+            raise ValueError(f"{path}: 'labels' ({labels.dtype}) holds non-integer values such as "
+                             f"{labels[bad][0].item()}; {expected}")
+    elif labels.dtype.kind not in "biu":
+        raise ValueError(f"{path}: 'labels' has dtype {labels.dtype}; {expected}")
+    if count and labels.min() < 0:
+        raise ValueError(f"{path}: 'labels' has negative values (smallest {labels.min()}); {expected}")
+    if count and labels.max() >= MAX_ARRAY_CLASSES:
+        raise ValueError(f"{path}: 'labels' has values up to {labels.max()}; {expected}, with K at most "
+                         f"{MAX_ARRAY_CLASSES} (renumber the classes 0..K-1)")
+    return torch.from_numpy(labels.astype(np.int64))
+
+
 def load_array_data(path: Path) -> ImageData:
-    """An ``.npz`` with ``images`` (and optionally ``labels``), or an ``.npy`` of images; no pickles."""
+    """An ``.npz`` with ``images`` (and optionally ``labels``), or an ``.npy`` of images; no pickles.
+
+    Labels are class indices (see :func:`_array_labels`); the classes are named "0" .. "K-1" and matched
+    to another data set's by position (``named_classes`` False).
+    """
     try:
         loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as error:
         raise ValueError(f"cannot read array file {path}: {error}") from None
     if isinstance(loaded, np.ndarray):
-        return ImageData(name=path.stem, images=_array_to_nchw(loaded, str(path)))
+        return ImageData(name=path.stem, images=_array_to_nchw(loaded, str(path)), source=str(path))
     with loaded:
         if "images" not in loaded:
             raise ValueError(f"{path}: an .npz needs an 'images' array (found {list(loaded.keys())})")
-        images = _array_to_nchw(loaded["images"], str(path))
-        labels = torch.from_numpy(loaded["labels"].astype(np.int64)) if "labels" in loaded else None
-    classes = [str(c) for c in range(int(labels.max()) + 1)] if labels is not None and len(labels) else None
-    return ImageData(name=path.stem, images=images, labels=labels, classes=classes)
-
-
-def _list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-
-
-def scan_folder(folder: Path) -> tuple[list[Path], list[int] | None, list[str] | None]:
-    """ImageFolder layout (one sub-folder of images per class) or a flat folder of unlabeled images."""
-    if not folder.is_dir():
-        raise FileNotFoundError(f"data folder {folder} does not exist")
-    class_dirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
-    class_dirs = [d for d in class_dirs if _list_images(d)]
-    if class_dirs:
-        paths, labels = [], []
-        for label, class_dir in enumerate(class_dirs):
-            files = _list_images(class_dir)
-            paths += files
-            labels += [label] * len(files)
-        return paths, labels, [display_path(d.name) for d in class_dirs]
-    paths = _list_images(folder)
-    if not paths:
-        raise ValueError(f"data folder {folder} has no images (looked for {', '.join(IMAGE_EXTENSIONS)} "
-                         "files in it and in its sub-folders)")
-    return paths, None, None
-
-
-def _decode_all(paths: list[Path], side: int, skip_bad_images: bool,
-                progress: bool) -> tuple[torch.Tensor, list[int], list[tuple[str, str]]]:
-    def decode(path: Path) -> np.ndarray | str:
         try:
-            return np.asarray(square_resize(read_rgb_image(path), side))
-        except BadImageError as error:
-            if not skip_bad_images:
-                raise
-            return str(error)
-
-    images, kept, skipped = [], [], []
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        results = pool.map(decode, paths, chunksize=256)
-        if progress:
-            from tqdm import tqdm
-            results = tqdm(results, total=len(paths), desc="decoding images", unit="img", leave=False)
-        for i, result in enumerate(results):
-            if isinstance(result, str):
-                skipped.append((str(paths[i]), result))
-            else:
-                images.append(result)
-                kept.append(i)
-    if not images:
-        raise ValueError(f"no usable image among {len(paths)} files ({len(skipped)} skipped as bad)")
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), kept, skipped
-
-
-def load_folder_data(folder: Path, skip_bad_images: bool = False, progress: bool = True,
-                     in_memory: bool | None = None) -> ImageData:
-    """A folder of images; decoded into memory when its images are small (<= 64 px)."""
-    paths, labels, classes = scan_folder(folder)
-    if in_memory is None:
-        probe_side = None
-        for path in paths[:8]:
-            try:
-                probe_side = max(read_rgb_image(path).size)
-                break
-            except BadImageError:
-                if not skip_bad_images:
-                    raise
-        in_memory = probe_side is not None and probe_side <= SMALL_IMAGE_SIDE
-        side = probe_side
-    else:
-        side = max(read_rgb_image(paths[0]).size)
-    label_tensor = torch.tensor(labels, dtype=torch.int64) if labels is not None else None
-    if not in_memory:
-        return ImageData(name=display_path(folder.name), paths=paths, labels=label_tensor, classes=classes)
-    images, kept, skipped = _decode_all(paths, int(side), skip_bad_images, progress)
-    if label_tensor is not None:
-        label_tensor = label_tensor[kept]
-    return ImageData(name=display_path(folder.name), images=images, labels=label_tensor, classes=classes,
-                     skipped=skipped)
+            images = _array_to_nchw(loaded["images"], str(path))
+            raw_labels = loaded["labels"] if "labels" in loaded else None
+        except ValueError as error:  # e.g. an object array, refused without pickles
+            raise ValueError(f"cannot read array file {path}: {error}") from None
+    labels = _array_labels(raw_labels, len(images), path) if raw_labels is not None else None
+    classes = [str(c) for c in range(int(labels.max()) + 1)] if labels is not None and len(labels) else None
+    return ImageData(name=path.stem, images=images, labels=labels, classes=classes, source=str(path))
 
 
 def load_image_data(spec: str, split: str = "train", skip_bad_images: bool = False,
@@ -260,3 +197,17 @@ def load_image_data(spec: str, split: str = "train", skip_bad_images: bool = Fal
         raise FileNotFoundError(f"data {spec!r} is neither a built-in data set ({', '.join(BUILTIN_DATASETS)}) "
                                 "nor an existing folder or .npz/.npy file")
     return load_folder_data(path, skip_bad_images=skip_bad_images, progress=progress)
+
+
+def load_test_split(train_spec: str, test_spec: str | None, skip_bad_images: bool = False, *,
+                    progress: bool = False) -> ImageData | None:
+    """The test split that goes with the data setting ``train_spec``: ``test_spec`` when given, else the
+    built-in set's own test split (``BUILTIN_DATASETS``), else None (a folder or array file has none).
+
+    It only loads; the caller matches the labels to the training data with :func:`match_classes`.
+    """
+    if test_spec is not None:
+        return load_image_data(test_spec, "test", skip_bad_images, progress=progress)
+    if train_spec in BUILTIN_DATASETS:
+        return load_image_data(train_spec, "test")
+    return None

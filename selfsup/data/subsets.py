@@ -8,6 +8,8 @@ runs on part of a data set.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from selfsup.data.datasets import ImageData
@@ -71,10 +73,12 @@ def stratified_sample(labels: torch.Tensor, count: int, seed: int = 0) -> torch.
 
 
 def subset_data(data: ImageData, indices: torch.Tensor, name: str | None = None) -> ImageData:
-    """The images ``indices`` of ``data`` (in memory or on disk), with their labels and class names."""
+    """The images ``indices`` of ``data`` (in memory or on disk), with their labels; the class list (and
+    its empty class folders, source and notes) is the whole data set's. ``skipped`` and ``resized`` are
+    left out: they count files of the whole set."""
     indices = torch.as_tensor(indices, dtype=torch.long)
     images = data.images[indices] if data.images is not None else None
     paths = [data.paths[i] for i in indices.tolist()] if data.paths is not None else None
     labels = data.labels[indices] if data.labels is not None else None
-    return ImageData(name=name or f"{data.name}[{len(indices)}]", images=images, paths=paths, labels=labels,
-                     classes=data.classes)
+    return replace(data, name=name or f"{data.name}[{len(indices)}]", images=images, paths=paths, labels=labels,
+                   skipped=[], resized=0)

@@ -169,6 +169,18 @@ class _AllReduceSumWithGrad(torch.autograd.Function):
         return grad
 
 
+def all_reduce_sum_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum of ``tensor`` over ranks (same shape on every rank), keeping gradients; identity when not distributed.
+
+    Where gradients flow: the backward sums the incoming gradient over ranks, since every rank's sum depends on
+    every rank's input. For statistics of the global batch (means, cross-correlations) that each rank then
+    turns into the same loss, DDP's gradient mean thus equals the single-process gradient of that loss.
+    """
+    if not is_distributed():
+        return tensor
+    return _AllReduceSumWithGrad.apply(tensor)
+
+
 class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     """BatchNorm over the global batch for CPU processes (gloo), which :class:`torch.nn.SyncBatchNorm` does
     not run on (and DDP refuses on CPUs).

@@ -1,8 +1,9 @@
 """End-to-end CIFAR-10 pretraining throughput on CPU, data loading included: selfsup vs lightly.
 
-selfsup   ``selfsup.train.loop.pretrain`` on a folder of CIFAR-10 JPEGs: the images are decoded once
-          into a uint8 tensor (a one-time cost, timed and reported on its own) and each batch is
-          augmented on the device by ``BatchedTwoViews``; then the step (method, loss, LARS, EMA).
+selfsup   pretraining's parts on a folder of CIFAR-10 JPEGs: the images are decoded once into a uint8
+          tensor (a one-time cost, timed and reported on its own) and each batch is augmented on the
+          device by ``BatchedTwoViews``; then ``selfsup.train.step.TrainingStep`` (method, loss, LARS,
+          schedule, EMA), the step ``selfsup pretrain`` runs.
 lightly   the equivalent script in lightly's style: torchvision ``ImageFolder`` with lightly's
           ``SimCLRTransform`` / ``BYOLTransform`` (same recipe: blur off at 32 px) in a ``DataLoader``
           with worker processes that decode and augment every image every epoch; lightly's heads,
@@ -85,51 +86,42 @@ class StepClock:
 
 
 def run_selfsup(args: argparse.Namespace) -> dict:
-    from selfsup.config import PretrainConfig
-    from selfsup.train import loop
+    from selfsup.config import PretrainConfig, resolve
+    from selfsup.data.datasets import load_image_data
+    from selfsup.schedules import scaled_learning_rate
+    from selfsup.train.loop import auto_image_size, build_backbone, build_batches, build_method, channel_stats
+    from selfsup.train.optim import build_optimizer, build_scheduler
+    from selfsup.train.step import TrainingStep
 
-    # The benchmark needs three instants inside pretrain(), which it gets by wrapping the functions the
-    # loop calls (the loop itself is run unchanged): the decode into memory (load_image_data), each
-    # request for a batch (the batches' epoch() generator) and the end of the steps (the first
-    # checkpoint, written right after the last step when checkpoint_every_steps is 0).
-    clock, decode_seconds = StepClock(), []
-    load, build, save = loop.load_image_data, loop.build_batches, loop.save_checkpoint
-
-    def timed_load(*a, **k):
-        start = time.perf_counter()
-        data = load(*a, **k)
-        decode_seconds.append(time.perf_counter() - start)
-        return data
-
-    def clocked_batches(*a, **k):
-        batches = build(*a, **k)
-        epoch = batches.epoch
-
-        def clocked_epoch(*e, **f):
-            clock.tick()
-            for batch in epoch(*e, **f):
-                yield batch
-                clock.tick()
-
-        batches.epoch = clocked_epoch
-        return batches
-
-    def clocked_save(*a, **k):
-        if len(clock.wall) == args.steps:
-            clock.tick()
-        return save(*a, **k)
-
-    loop.load_image_data, loop.build_batches, loop.save_checkpoint = timed_load, clocked_batches, clocked_save
-    with tempfile.TemporaryDirectory() as out:
-        config = PretrainConfig(
-            method=args.method, data=args.data, out=out, backbone="resnet18", width=args.width, cifar_stem=True,
-            batch_size=args.batch_size, optimizer="lars", max_steps=args.steps, epochs=args.epochs,
-            eval_at_end=False, report=False, online_probe=False, log_every=args.steps, progress=False,
-            device="cpu", num_workers=args.workers)
-        loop.pretrain(config, log=lambda *_: None)
+    # The parts pretrain() puts together, in its order: the decode into memory, the batches of two views
+    # augmented on the device, and the one training step (method, loss, LARS, schedule, EMA).
+    config = PretrainConfig(method=args.method, data=args.data, backbone="resnet18", width=args.width,
+                            cifar_stem=True, batch_size=args.batch_size, optimizer="lars", epochs=args.epochs,
+                            online_probe=False, progress=False, device="cpu", num_workers=args.workers)
+    start = time.perf_counter()
+    data = load_image_data(config.data, "train", progress=False)
+    decode_seconds = time.perf_counter() - start
+    image_size = auto_image_size(config, data)
+    mean, std = channel_stats(data)
+    torch.manual_seed(config.seed)
+    method = build_method(config, build_backbone(config, image_size)).train()
+    batches = build_batches(config, data, image_size, mean, std, torch.device("cpu"))
+    total_steps = config.epochs * len(batches)
+    hyper = resolve(config)
+    optimizer = build_optimizer("lars", method.learnable_parameters(),
+                                scaled_learning_rate(hyper.base_lr, config.batch_size), hyper.weight_decay)
+    step = TrainingStep(method, optimizer, build_scheduler(optimizer, total_steps, min(10 * len(batches),
+                                                                                      total_steps)), total_steps)
+    clock = StepClock()
+    clock.tick()
+    for index, (view1, view2, _) in enumerate(batches.epoch(0)):  # request k to request k + 1
+        step(view1, view2, index)
+        clock.tick()
+        if index + 1 >= args.steps:
+            break
     if len(clock.wall) != args.steps + 1:
-        raise RuntimeError(f"expected {args.steps + 1} instants, got {len(clock.wall)}: the loop changed?")
-    return {**clock.result(), "decode_seconds": decode_seconds[0],
+        raise RuntimeError(f"expected {args.steps + 1} instants, got {len(clock.wall)}: too few batches?")
+    return {**clock.result(), "decode_seconds": decode_seconds,
             "peak_rss_mib": peak_rss_mib(resource.RUSAGE_SELF), "workers_peak_rss_mib": 0.0}
 
 
@@ -147,8 +139,8 @@ def run_lightly(args: argparse.Namespace) -> dict:
 
     from selfsup.config import PretrainConfig, resolve
     from selfsup.models import ResNetBackbone
+    from selfsup.schedules import scaled_learning_rate, warmup_cosine
     from selfsup.train.optim import LARS, parameter_groups
-    from selfsup.train.schedules import scaled_learning_rate, warmup_cosine
     from selfsup.transforms import CIFAR10_MEAN, CIFAR10_STD
 
     torch.manual_seed(0)

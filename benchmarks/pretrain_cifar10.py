@@ -24,8 +24,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> int:
-    from selfsup.config import PretrainConfig, from_dict, load_yaml
+    from selfsup.config import PretrainConfig
     from selfsup.data.datasets import default_datasets_dir
+    from selfsup.settings import from_dict, load_yaml
     from selfsup.train.loop import pretrain
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

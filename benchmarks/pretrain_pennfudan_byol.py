@@ -20,10 +20,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from selfsup.data.annotations import PennFudan
-from selfsup.eval.pretrained import backbone_config, save_atomically
+from selfsup.eval.pretrained import save_atomically
 from selfsup.eval.transfer_cli import default_pennfudan_dir
 from selfsup.methods import BYOL, cosine_momentum
-from selfsup.models.backbones import ResNetBackbone
+from selfsup.models.backbones import ResNetBackbone, backbone_config
 from selfsup.transforms.views import IMAGENET_MEAN, IMAGENET_STD, byol_views, view_transform
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import itertools
 import json
 import platform
 import resource
@@ -34,7 +35,8 @@ from torch import nn
 
 from selfsup.methods import BYOL, SimCLR
 from selfsup.models import ResNetBackbone
-from selfsup.train.optim import build_optimizer
+from selfsup.train.optim import build_optimizer, build_scheduler
+from selfsup.train.step import TrainingStep
 
 LR, WEIGHT_DECAY, MOMENTUM_EMA = 0.3, 1e-6, 0.996
 
@@ -71,14 +73,15 @@ def floor_step(method: str, model: nn.Module, view1, view2, dtype: str) -> Calla
 
 def selfsup_step(method: str, model: nn.Module, view1, view2, dtype: str,
                  optimizer: torch.optim.Optimizer) -> Callable[[], None]:
-    """(b) selfsup's full training step."""
+    """(b) selfsup's full training step: :class:`selfsup.train.step.TrainingStep`, the one ``selfsup
+    pretrain`` runs (forward, loss check, backward, LARS, schedule, the method's momentum update)."""
+    total_steps = 10**6  # a schedule long enough that the benchmark never reaches its end
+    training_step = TrainingStep(model, optimizer, build_scheduler(optimizer, total_steps, 0), total_steps,
+                                 precision=dtype)
+    steps = itertools.count()
+
     def step() -> None:
-        with autocast(dtype):
-            loss = model(view1, view2).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        model.update_target(MOMENTUM_EMA)
+        training_step(view1, view2, next(steps))
 
     return step
 

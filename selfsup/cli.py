@@ -1,72 +1,27 @@
 """The ``selfsup`` command: pretrain, eval, export (and transfer, experiment).
 
-Settings come from a dataclass in :mod:`selfsup.config`: every field is a flag (``--batch-size``), a YAML
-recipe (``--config``) sets any of them, flags given on the command line win. Errors in settings or data
+Settings come from a dataclass in :mod:`selfsup.config`: every field is a flag (``--batch-size``, help from
+the field's comment; see :mod:`selfsup.flags`), a YAML recipe (``--config``) sets any of them, flags given on
+the command line win. Errors in settings or data
 are printed as one clear line, not a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
-import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from selfsup.config import ConfigError, EvalConfig, PretrainConfig, from_dict, load_yaml
-
-
-def _flag_parser(text: str, annotation: Any):
-    """Parse a command-line string for a field whose type is ``annotation``."""
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin in (typing.Union, __import__("types").UnionType):
-        if text.lower() in ("none", "null") and type(None) in args:
-            return None
-        annotation = next(a for a in args if a is not type(None))
-        origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if annotation is bool:
-        if text.lower() in ("true", "1", "yes", "on"):
-            return True
-        if text.lower() in ("false", "0", "no", "off"):
-            return False
-        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-    if annotation is int:
-        return int(text)
-    if annotation is float:
-        return float(text)
-    if origin is Literal:
-        return text
-    return text
+from selfsup.config import EvalConfig, PretrainConfig
+from selfsup.flags import add_settings_flags, given_settings, settings_from_args
+from selfsup.settings import ConfigError, load_yaml
 
 
-def _add_config_flags(parser: argparse.ArgumentParser, cls: type) -> None:
-    hints = typing.get_type_hints(cls)
-    for config_field in dataclasses.fields(cls):
-        annotation = hints[config_field.name]
-        flag = "--" + config_field.name.replace("_", "-")
-        kwargs: dict[str, Any] = {"dest": config_field.name, "default": argparse.SUPPRESS,
-                                  "help": f"(default: {config_field.default})"}
-        choices = typing.get_args(annotation) if typing.get_origin(annotation) is Literal else None
-        if choices:
-            kwargs["choices"] = choices
-        if annotation is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
-        elif typing.get_origin(annotation) is tuple and typing.get_args(annotation)[1:] == (Ellipsis,):
-            element = typing.get_args(annotation)[0]
-            parser.add_argument(flag, nargs="+", type=lambda text, a=element: _flag_parser(text, a), **kwargs)
-        else:
-            parser.add_argument(flag, type=lambda text, a=annotation: _flag_parser(text, a), **kwargs)
-
-
-def _settings(args: argparse.Namespace, cls: type) -> Any:
-    values: dict[str, Any] = {}
-    if getattr(args, "config", None):
-        values.update(load_yaml(args.config))
-    names = {f.name for f in dataclasses.fields(cls)}
-    values.update({k: v for k, v in vars(args).items() if k in names})
-    return from_dict(cls, values, source=args.config or "command line")
+def _settings(args: argparse.Namespace) -> Any:
+    recipe = load_yaml(args.config) if getattr(args, "config", None) else None
+    return settings_from_args(args, recipe, source=args.config or "command line")
 
 
 DEFAULT_RECIPE = Path(__file__).parent / "recipes" / "default.yaml"
@@ -75,11 +30,10 @@ _HOW_TO_RUN = {"out", "progress", "device", "num_workers", "log_every", "report"
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    given = {f.name for f in dataclasses.fields(PretrainConfig)} & set(vars(args))
-    if not given - _HOW_TO_RUN and not args.config and not args.resume:
+    if not given_settings(args) - _HOW_TO_RUN and not args.config and not args.resume:
         print(f"no settings given: running the embedded default recipe {DEFAULT_RECIPE}")
         args.config = str(DEFAULT_RECIPE)
-    config = _settings(args, PretrainConfig)
+    config = _settings(args)
     if config.framework == "tensorflow":
         from selfsup.tf.pretrain import pretrain_tensorflow  # imports TensorFlow after torch, as it must
 
@@ -89,7 +43,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         from selfsup.train.launch import launch_local
 
         return launch_local(config.devices, args.argv)
-    from selfsup.train.loop import pretrain
+    from selfsup.pipeline import pretrain
 
     result = pretrain(config, resume=args.resume)
     from selfsup import dist
@@ -100,7 +54,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    config = _settings(args, EvalConfig)
+    config = _settings(args)
     from selfsup.eval.run import run_evaluation
 
     table = run_evaluation(config)
@@ -125,12 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "embedded digits data, then the kNN / linear table")
     pretrain.add_argument("--config", help="YAML recipe (see configs/); flags override it")
     pretrain.add_argument("--resume", help="checkpoint to continue from, or 'auto' for the newest in OUT")
-    _add_config_flags(pretrain, PretrainConfig)
+    add_settings_flags(pretrain, PretrainConfig)
     pretrain.set_defaults(func=_cmd_pretrain)
 
     evaluate = commands.add_parser("eval", help="kNN and linear-probe accuracy of a pretrained encoder")
     evaluate.add_argument("--config", help="YAML file of eval settings")
-    _add_config_flags(evaluate, EvalConfig)
+    add_settings_flags(evaluate, EvalConfig)
     evaluate.set_defaults(func=_cmd_eval)
 
     export = commands.add_parser("export", help="write the backbone as a torchvision ResNet state_dict")
@@ -158,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "pretrain":
         args.argv = argv  # what `pretrain --devices N` hands to the processes it starts
+    from selfsup.checkpoints import CheckpointError
     from selfsup.data.images import BadImageError
-    from selfsup.train.checkpoint import CheckpointError
 
     try:
         return int(args.func(args) or 0)
@@ -170,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"selfsup {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as error:
-        from selfsup.train.loop import NonFiniteLossError, TrainingInterrupted
+        from selfsup.train.loop import TrainingInterrupted
+        from selfsup.train.step import NonFiniteLossError
 
         if isinstance(error, TrainingInterrupted):
             print(f"selfsup {args.command}: {error}", file=sys.stderr)

@@ -1,186 +1,142 @@
-"""Typed, strict configuration: dataclasses whose fields are the settings, checked on load.
+"""The settings of ``selfsup pretrain`` and ``selfsup eval``.
 
-Settings come from defaults, then a YAML recipe (``--config``), then command-line flags. An unknown
-key or a value of the wrong type is an error that names the setting, raised before any work starts.
+Settings come from defaults, then a YAML recipe (``--config``), then command-line flags, checked as strictly
+as :func:`selfsup.settings.from_dict` checks them. A method's own options live in its settings class
+(:mod:`selfsup.methods`) and reach ``PretrainConfig.method_args``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
+from selfsup.settings import ConfigError, field_types, from_dict, to_dict
 
-
-class ConfigError(ValueError):
-    """A setting is unknown or has a bad value; the message names it."""
-
-
-def _check_type(name: str, value: Any, annotation: Any) -> Any:
-    """Return ``value`` converted to ``annotation`` where lossless (int -> float, list -> tuple)."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if annotation is Any:
-        return value
-    if origin is Literal:
-        if value not in args:
-            raise ConfigError(f"setting '{name}': {value!r} is not one of {list(args)}")
-        return value
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for option in args:
-            if option is type(None):
-                continue
-            try:
-                return _check_type(name, value, option)
-            except ConfigError as error:
-                errors.append(str(error))
-        raise ConfigError(f"setting '{name}': {value!r} has the wrong type ({'; '.join(errors)})")
-    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"setting '{name}': expected a list, got {value!r}")
-        return tuple(_check_type(f"{name}[{i}]", v, args[0]) for i, v in enumerate(value))
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(f"setting '{name}': expected a list of {len(args)} values, got {value!r}")
-        return tuple(_check_type(f"{name}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"setting '{name}': expected true or false, got {value!r}")
-        return value
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"setting '{name}': expected an integer, got {value!r}")
-        return value
-    if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"setting '{name}': expected a number, got {value!r}")
-        return float(value)
-    if annotation is str:
-        if not isinstance(value, (str, Path)):
-            raise ConfigError(f"setting '{name}': expected a string, got {value!r}")
-        return str(value)
-    raise TypeError(f"unsupported annotation {annotation!r} for setting '{name}'")
-
-
-def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def from_dict(cls: type, values: dict[str, Any], source: str = "settings") -> Any:
-    """Build dataclass ``cls`` from ``values``; unknown keys and bad types raise :class:`ConfigError`."""
-    if not isinstance(values, dict):
-        raise ConfigError(f"{source}: expected a mapping of settings, got {type(values).__name__}")
-    types_ = _field_types(cls)
-    unknown = sorted(set(values) - set(types_))
-    if unknown:
-        raise ConfigError(f"{source}: unknown setting(s) {', '.join(repr(k) for k in unknown)}; "
-                          f"known settings: {', '.join(sorted(types_))}")
-    checked = {name: _check_type(name, value, types_[name]) for name, value in values.items()}
-    return cls(**checked)
-
-
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML recipe with the safe loader (no arbitrary Python objects)."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise ConfigError(f"cannot read config file {path}: {error.strerror or error}") from None
-    try:
-        values = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
-    if values is None:
-        return {}
-    if not isinstance(values, dict):
-        raise ConfigError(f"config file {path}: expected a mapping of settings at the top level")
-    return values
-
-
-def to_dict(config: Any) -> dict[str, Any]:
-    """Plain dict of a config dataclass (tuples become lists, so it survives JSON and YAML)."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+# Settings of PretrainConfig that say how and where a run goes, not what it trains: a resumed run may change
+# them (every other setting must match the checkpoint's, or the restored state would mean something else).
+HOW_TO_RUN = frozenset({
+    "out", "test_data", "max_steps", "eval_at_end", "linear_max_iter", "report", "num_workers", "device",
+    "log_every", "checkpoint_every_steps", "keep_checkpoints", "skip_bad_images", "devices", "progress",
+    "knn_every", "knn_k", "knn_temperature", "on_nonfinite", "online_probe", "precision", "channels_last",
+    "sync_batchnorm",
+})
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """Every setting of ``selfsup pretrain``. ``None`` means: the method's paper default (see
-    :func:`resolve`), adapted to the data where the field's comment says so."""
+    """Every setting of ``selfsup pretrain``. ``None`` means: a default that depends on the method or the data,
+    as the field's comment says. The method's own options (head sizes, temperature, momentum, ...) are in
+    ``method_args``, checked against the method's settings class (see :mod:`selfsup.methods`)."""
 
-    method: Literal["byol", "simclr"] = "byol"
-    framework: Literal["pytorch", "tensorflow"] = "pytorch"  # tensorflow: SimCLR only (pip install selfsup[tensorflow])
-    # A folder (ImageFolder with class sub-folders, or flat), an .npz/.npy array file, or a built-in
-    # data set: "digits" (scikit-learn, the embedded default) or "fashion-mnist" (Debian package).
+    # The self-supervised method: a name in selfsup.methods.METHODS.
+    method: str = "byol"
+    # The method's own options (a mapping, checked against the method's settings; on the command line each has
+    # its own flag, e.g. --temperature). In YAML: method_args: {temperature: 0.2}.
+    method_args: Any = None
+    # pytorch, or tensorflow for SimCLR in TensorFlow/Keras (pip install selfsup[tensorflow]).
+    framework: Literal["pytorch", "tensorflow"] = "pytorch"
+    # A folder (ImageFolder with class sub-folders, or flat), an .npz/.npy array file, or a built-in data set:
+    # "digits" (scikit-learn, the embedded default) or "fashion-mnist" (Debian package).
     data: str = "digits"
-    test_data: str | None = None  # labelled data for the final kNN / linear table; built-ins use their test split
+    # Labelled data for the final kNN / linear table; built-in data sets use their own test split.
+    test_data: str | None = None
+    # Output folder: checkpoints, metrics.jsonl, backbone.pt, eval.json, report.md.
     out: str = "runs/pretrain"
-    image_size: int | None = None  # None: the data's own side for images <= 64 px (at least 16), else 224
+    # Side of the images the backbone is evaluated at; None: the data's own side for images <= 64 px (at least
+    # 16), else 224.
+    image_size: int | None = None
     # Side of the augmented training views; None: image_size. Features are evaluated at image_size, so smaller
     # crops train faster and a network trained on crops sees objects at their test size (Touvron et al. 2019).
     crop_size: int | None = None
+    # The encoder: a torchvision ResNet, built here.
     backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
+    # Channel-width multiplier of the ResNet (1.0: torchvision's; 0.125 and 0.25 fit CPU budgets).
     width: float = 1.0
-    cifar_stem: bool | None = None  # None: on for images <= 64 px (SimCLR's CIFAR-10 setup)
-    projection_hidden_dim: int | None = None  # SimCLR 2048, BYOL 4096
-    projection_dim: int | None = None  # SimCLR 128, BYOL 256
-    prediction_hidden_dim: int = 4096  # BYOL only
-    predictor_lr_multiplier: float = 1.0  # BYOL only: the predictor's lr over the encoder's (paper: 1)
-    temperature: float = 0.5  # SimCLR; the paper's CIFAR-10 value (0.1 for ImageNet at batch 4096)
-    gather_distributed: bool = True  # SimCLR: negatives from all ranks
-    momentum_base: float = 0.996  # BYOL's tau_base
-    color_strength: float = 1.0  # SimCLR's s; 0.5 in its CIFAR-10 runs
-    crop_min_scale: float = 0.08  # smallest crop area fraction (both papers: 0.08)
-    blur: bool | None = None  # None: off for images <= 64 px
+    # 3x3 stride-1 first convolution and no max-pool (SimCLR's CIFAR-10 setup); None: on for images <= 64 px.
+    cifar_stem: bool | None = None
+    # Smallest crop area fraction of the views' random resized crop (both papers: 0.08).
+    crop_min_scale: float = 0.08
+    # Gaussian blur in the views; None: off for images <= 64 px (SimCLR's CIFAR-10 setup), the recipe's above.
+    blur: bool | None = None
+    # Passes over the training data; the learning-rate and momentum schedules span them all.
     epochs: int = 100
-    max_steps: int | None = None  # stop after this many steps (schedules still span all epochs)
-    batch_size: int = 256  # global batch, split over processes
+    # Stop after this many steps (the schedules still span all epochs); None: run every epoch.
+    max_steps: int | None = None
+    # Global batch, split evenly over the processes; the learning rate follows it (base_lr x batch / 256).
+    batch_size: int = 256
+    # lars (both papers), sgd (momentum 0.9) or adamw.
     optimizer: Literal["lars", "sgd", "adamw"] = "lars"
-    base_lr: float | None = None  # per 256 images: SimCLR LARS 0.3, BYOL LARS 0.2, SGD 0.06, AdamW 1e-3
-    lars_trust_coefficient: float = 0.001  # LARS's eta (both papers: 0.001)
-    # LARS: cap each layer's step at plain SGD's at the scheduled lr (solo-learn's CIFAR recipes, with eta 0.02)
+    # Learning rate per 256 images; None: the method's paper value for the optimizer (e.g. LARS: SimCLR 0.3,
+    # BYOL 0.2).
+    base_lr: float | None = None
+    # LARS's trust coefficient eta (both papers: 0.001).
+    lars_trust_coefficient: float = 0.001
+    # LARS: cap each layer's step at plain SGD's at the scheduled lr (solo-learn's CIFAR recipes, with eta 0.02).
     lars_clip: bool = False
-    weight_decay: float | None = None  # SimCLR 1e-6, BYOL 1.5e-6 (LARS); SGD 5e-4; AdamW 1e-6
+    # Weight decay; None: the method's paper value for the optimizer (e.g. LARS: SimCLR 1e-6, BYOL 1.5e-6).
+    weight_decay: float | None = None
+    # Epochs of linear learning-rate warmup before the cosine decay (both papers: 10), capped to the run.
     warmup_epochs: float = 10.0
+    # fp32, or bf16 / fp16 autocast (fp16 with a gradient scaler).
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     # NHWC memory layout. None: on for CUDA (tensor-core convolutions want it), off on CPU, where it was 1.1-1.4x
     # faster for some shapes and 2.5x slower for others (16 px digits at width 1/4; benchmarks/README.md).
     channels_last: bool | None = None
+    # Clip the gradients' global norm to this value; None: no clipping.
     grad_clip: float | None = None
-    online_probe: bool = True  # a linear classifier on detached features, when the data has labels
+    # A linear classifier trained on detached features during pretraining, when the data has labels.
+    online_probe: bool = True
+    # What a NaN or infinite loss does: stop (with the last good checkpoint named) or skip the step.
     on_nonfinite: Literal["stop", "skip"] = "stop"
-    knn_every: int = 0  # epochs between kNN checks during training (0: only at the end)
+    # Epochs between kNN checks during training (0: only at the end).
+    knn_every: int = 0
+    # Neighbours of the weighted kNN classifier (Wu et al. 2018: 200).
     knn_k: int = 200
+    # Temperature of the kNN classifier's weights (Wu et al. 2018: 0.1).
     knn_temperature: float = 0.1
+    # The kNN / linear table (with random init and raw pixels) at the end, when there is a labelled test split.
     eval_at_end: bool = True
-    linear_max_iter: int = 100  # L-BFGS iterations of each linear-probe fit in the final table
-    report: bool = True  # OUT/report.md with curves, monitors and an embedding map (needs matplotlib)
-    num_workers: int = 2  # DataLoader workers for images streamed from disk
+    # L-BFGS iterations of each linear-probe fit in the final table.
+    linear_max_iter: int = 100
+    # OUT/report.md with curves, monitors and an embedding map (needs matplotlib).
+    report: bool = True
+    # DataLoader workers for images streamed from disk.
+    num_workers: int = 2
+    # auto (the GPU when there is one), cpu, cuda or cuda:N.
     device: str = "auto"
+    # Seed of the initial weights, the batches and every augmentation draw.
     seed: int = 0
+    # Steps between rows of metrics.jsonl (loss, learning rate, momentum, collapse monitors).
     log_every: int = 10
-    checkpoint_every_steps: int = 0  # 0: checkpoints at the end of each epoch only
+    # Steps between checkpoints; 0: at the end of each epoch only.
+    checkpoint_every_steps: int = 0
+    # Newest checkpoints kept in OUT/checkpoints.
     keep_checkpoints: int = 3
+    # Leave out unreadable images (listed in OUT/skipped_images.txt) instead of stopping.
     skip_bad_images: bool = False
-    devices: int = 1  # processes to start on this machine (torchrun does it when launched by it)
-    sync_batchnorm: bool = True  # with more than one process
+    # Processes to start on this machine (one per GPU); torchrun does it when it launches selfsup.
+    devices: int = 1
+    # SyncBatchNorm with more than one process: BatchNorm statistics over the global batch.
+    sync_batchnorm: bool = True
+    # A progress bar on the terminal.
     progress: bool = True
 
     def __post_init__(self) -> None:
+        from selfsup.methods import method_class
+
+        try:
+            settings_class = method_class(self.method).Settings
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        object.__setattr__(self, "method_args", _method_settings(self.method, settings_class, self.method_args))
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "knn_k": self.knn_k,
                     "log_every": self.log_every, "keep_checkpoints": self.keep_checkpoints,
                     "devices": self.devices, "linear_max_iter": self.linear_max_iter}
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"setting '{name}' must be >= 1, got {value}")
-        for name in ("temperature", "width", "knn_temperature", "color_strength", "predictor_lr_multiplier",
-                     "lars_trust_coefficient"):
+        for name in ("width", "knn_temperature", "lars_trust_coefficient"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"setting '{name}' must be > 0, got {getattr(self, name)}")
         for name in ("image_size", "crop_size"):
@@ -188,8 +144,6 @@ class PretrainConfig:
                 raise ConfigError(f"setting '{name}' must be >= 8, got {getattr(self, name)}")
         if not 0 < self.crop_min_scale <= 1:
             raise ConfigError(f"setting 'crop_min_scale' must be in (0, 1], got {self.crop_min_scale}")
-        if not 0 <= self.momentum_base <= 1:
-            raise ConfigError(f"setting 'momentum_base' must be in [0, 1], got {self.momentum_base}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"setting 'max_steps' must be >= 1, got {self.max_steps}")
         for name in ("base_lr", "weight_decay", "grad_clip"):
@@ -199,63 +153,119 @@ class PretrainConfig:
         if self.warmup_epochs < 0 or self.num_workers < 0 or self.knn_every < 0 or self.checkpoint_every_steps < 0:
             raise ConfigError("settings 'warmup_epochs', 'num_workers', 'knn_every' and "
                               "'checkpoint_every_steps' must be >= 0")
-        for name in ("projection_hidden_dim", "projection_dim", "prediction_hidden_dim"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"setting '{name}' must be >= 1, got {value}")
 
 
-# Paper defaults by (method, optimizer): base learning rate per 256 images and weight decay.
-# SimCLR: LARS lr 0.3 x B/256, wd 1e-6 (Chen et al. 2020, sec. B.6 / B.9). BYOL: LARS lr 0.2 x B/256,
-# wd 1.5e-6 (Grill et al. 2020, sec. C). SGD and AdamW values follow solo-learn/lightly CIFAR recipes.
-_LR_WD = {
-    ("simclr", "lars"): (0.3, 1e-6), ("byol", "lars"): (0.2, 1.5e-6),
-    ("simclr", "sgd"): (0.06, 5e-4), ("byol", "sgd"): (0.06, 5e-4),
-    ("simclr", "adamw"): (1e-3, 1e-6), ("byol", "adamw"): (1e-3, 1e-6),
-}
+def _method_settings(method: str, settings_class: type, values: Any) -> Any:
+    """``values`` (None, a mapping, or a settings object) as an instance of the method's ``settings_class``."""
+    if isinstance(values, settings_class):
+        return values
+    if dataclasses.is_dataclass(values) and not isinstance(values, type):
+        raise ConfigError(f"setting 'method_args': a {type(values).__name__} was given for method '{method}', "
+                          f"which takes a {settings_class.__name__}")
+    values = {} if values is None else values
+    if not isinstance(values, dict):
+        raise ConfigError(f"setting 'method_args': expected a mapping of the options of method '{method}', "
+                          f"got {values!r}")
+    known = field_types(settings_class)
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        verb = "is not an option" if len(unknown) == 1 else "are not options"
+        raise ConfigError(f"{', '.join(repr(k) for k in unknown)} {verb} of method '{method}'; its options: "
+                          f"{', '.join(sorted(known))}")
+    try:
+        return from_dict(settings_class, values, source=f"method '{method}'")
+    except ValueError as error:
+        raise ConfigError(f"method '{method}': {error}") from None
 
 
 @dataclass(frozen=True)
 class ResolvedHyperparameters:
     base_lr: float
     weight_decay: float
-    projection_hidden_dim: int
-    projection_dim: int
 
 
 def resolve(config: PretrainConfig) -> ResolvedHyperparameters:
-    """Fill the ``None`` defaults that depend on the method and optimizer."""
-    lr, wd = _LR_WD[(config.method, config.optimizer)]
-    hidden, out = (2048, 128) if config.method == "simclr" else (4096, 256)
+    """Fill the ``None`` optimizer defaults from the method's paper values for the optimizer."""
+    from selfsup.methods import method_class
+
+    lr, wd = method_class(config.method).optimizer_defaults[config.optimizer]
     return ResolvedHyperparameters(
         base_lr=config.base_lr if config.base_lr is not None else lr,
         weight_decay=config.weight_decay if config.weight_decay is not None else wd,
-        projection_hidden_dim=config.projection_hidden_dim or hidden,
-        projection_dim=config.projection_dim or out,
     )
+
+
+def changed_settings(saved: dict[str, Any], config: PretrainConfig) -> list[tuple[str, Any, Any]]:
+    """The settings that differ between a checkpoint's saved config and ``config``, as (name, saved, current),
+    leaving out :data:`HOW_TO_RUN`; the method's options are compared with their defaults filled in."""
+    current = to_dict(config)
+    if saved.get("method") != config.method:
+        return [("method", saved.get("method"), config.method)]
+    saved = upgrade_saved_config(saved)
+    changes = []
+    for name, value in current.items():
+        if name in HOW_TO_RUN or name == "method_args":
+            continue
+        if name in saved and saved[name] != value:
+            changes.append((name, saved[name], value))
+    saved_args = to_dict(_method_settings(config.method, type(config.method_args), saved.get("method_args")))
+    for name, value in current["method_args"].items():
+        if saved_args.get(name) != value:
+            changes.append((name, saved_args.get(name), value))
+    return changes
+
+
+def upgrade_saved_config(saved: dict[str, Any]) -> dict[str, Any]:
+    """A config saved before method options moved into ``method_args`` (top-level ``temperature``, ...), read
+    as today's: those keys move into ``method_args``, so that old checkpoints resume and compare."""
+    if "method_args" in saved:
+        return saved
+    from selfsup.methods import method_class
+
+    try:
+        options = set(field_types(method_class(saved.get("method", "")).Settings))
+    except ValueError:
+        return saved
+    return {**{k: v for k, v in saved.items() if k not in options},
+            "method_args": {k: v for k, v in saved.items() if k in options}}
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     """Settings of ``selfsup eval`` (and of the evaluation at the end of pretraining)."""
 
+    # The pretraining checkpoint or backbone.pt to evaluate (required).
     checkpoint: str | None = None
+    # The labelled training data: the kNN bank and the linear probe's training set (see pretrain's --data).
     train_data: str = "digits"
+    # The labelled test data; built-in data sets use their own test split.
     test_data: str | None = None
+    # Folder for eval.json; none: the checkpoint's folder.
     out: str | None = None
+    # Side the images are evaluated at; none: the checkpoint's, else 224.
     image_size: int | None = None
+    # Neighbours of the weighted kNN classifier (Wu et al. 2018: 200).
     knn_k: int = 200
+    # Temperature of the kNN classifier's weights (Wu et al. 2018: 0.1).
     knn_temperature: float = 0.1
+    # L-BFGS iterations of each linear-probe fit.
     linear_max_iter: int = 100
+    # Images per batch of feature extraction and fine-tuning.
     batch_size: int = 256
-    baselines: bool = True  # also the same backbone at random init and raw pixels
+    # Also the same backbone at random init and raw pixels.
+    baselines: bool = True
+    # auto (the GPU when there is one), cpu, cuda or cuda:N.
     device: str = "auto"
+    # Seed of the random-init baseline, the label fractions and fine-tuning.
     seed: int = 0
+    # DataLoader workers for images read from disk.
     num_workers: int = 2
-    skip_bad_images: bool = False  # leave out unreadable images instead of stopping
-    # Fractions of the training labels (class-balanced, drawn with ``seed``) for the low-label table of linear
+    # Leave out unreadable images instead of stopping.
+    skip_bad_images: bool = False
+    # Fractions of the training labels (class-balanced, drawn with seed) for the low-label table of linear
     # probe and fine-tuning, as the papers' semi-supervised tables use 0.01 and 0.1; 1.0 fine-tunes on all.
     low_label_fractions: tuple[float, ...] = ()
+    # Epochs of fine-tuning in the low-label table.
     finetune_epochs: int = 30
 
     def __post_init__(self) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -55,3 +57,19 @@ def atomic_torch_save(content: Any, path: str | Path) -> Path:
     buffer = io.BytesIO()
     torch.save(content, buffer)
     return atomic_write_bytes(path, buffer.getvalue())
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(key): _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+def write_json(path: str | Path, value: Any) -> Path:
+    """``value`` as indented JSON, written atomically. NaN and infinities become null: JSON has no NaN,
+    and a reader that meets ``NaN`` (which ``json.dumps`` writes by default) fails or silently differs."""
+    return atomic_write_text(path, json.dumps(_json_safe(value), indent=2) + "\n")

@@ -145,7 +145,7 @@ def plot_accuracy_per_epoch(
 
 
 def plot_monitors(runs: Mapping[str, Rows], path: Path, embedding_dim: int | None = None) -> Path | None:
-    """The embedding monitors of :mod:`selfsup.eval.monitors` against the step, one panel each, with the
+    """The embedding monitors of :mod:`selfsup.monitors` against the step, one panel each, with the
     healthy and collapsed levels marked when ``embedding_dim`` (D) is given. None without monitors."""
     panels = [(key, title) for key, title in MONITOR_PANELS if _has(runs, key)]
     has_cosines = _has(runs, "positive_cosine") or _has(runs, "negative_cosine")
@@ -318,7 +318,7 @@ def write_pretrain_report(run_dir: Path, metrics_rows: Rows, eval_table: Mapping
             summary.append(f"- {name}: {accuracy[-1]:.2f}% at the last epoch, best {accuracy.max():.2f}%")
     monitor_rows = [row for row in metrics_rows if "normalized_std" in row]
     if monitor_rows and embedding_dim is not None:
-        from selfsup.eval.monitors import collapse_warning
+        from selfsup.monitors import collapse_warning
 
         warning = collapse_warning(max(monitor_rows, key=lambda row: row.get("step", 0)), embedding_dim)
         summary.append(f"- **Warning:** {warning}" if warning else

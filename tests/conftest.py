@@ -53,3 +53,24 @@ def cifar_subset(tmp_path: Path, cifar10_root: Path):
         return tmp_path / split
 
     return make("train", 24), make("test", 12)
+
+
+def pretrain_config(**values):
+    """A PretrainConfig from flat settings, the method's options among them (``projection_dim=32``): those go
+    into ``method_args``. The tests' helpers give every method the same tiny heads, so an option the chosen
+    method does not have (BYOL's predictor size for SimCLR) is left out."""
+    import dataclasses
+
+    from selfsup.config import PretrainConfig
+    from selfsup.methods import method_class
+
+    method = values.get("method", PretrainConfig.method)
+    all_options = {f.name for cls in __import__("selfsup.methods", fromlist=["METHODS"]).METHODS.values()
+                   for f in dataclasses.fields(cls.Settings)}
+    own = {f.name for f in dataclasses.fields(method_class(method).Settings)}
+    method_args = dict(values.pop("method_args", None) or {})
+    for name in sorted(all_options & set(values)):
+        value = values.pop(name)
+        if name in own:
+            method_args[name] = value
+    return PretrainConfig(**values, method_args=method_args)

@@ -19,14 +19,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import pretrain_config
 from PIL import Image
 
+from selfsup.checkpoints import list_checkpoints, load_checkpoint, save_checkpoint
 from selfsup.cli import main
 from selfsup.config import PretrainConfig
 from selfsup.data.datasets import ImageData
 from selfsup.data.loading import FileTwoViewBatches, InMemoryTwoViewBatches
-from selfsup.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from selfsup.train.loop import NonFiniteLossError, pretrain
+from selfsup.pipeline import pretrain
+from selfsup.train.step import NonFiniteLossError
 
 TINY = ["--width", "0.125", "--projection-hidden-dim", "64", "--projection-dim", "32", "--prediction-hidden-dim",
         "64", "--no-progress", "--no-report", "--num-workers", "0", "--linear-max-iter", "5"]
@@ -182,7 +184,7 @@ def test_crash_inside_a_write_keeps_the_old_checkpoint(tmp_path, monkeypatch):
 
 
 def test_unfinished_writes_are_cleaned_and_never_listed(tmp_path):
-    from selfsup.train.checkpoint import prune_checkpoints
+    from selfsup.checkpoints import prune_checkpoints
 
     for step in (2, 4):
         save_checkpoint({"step": step}, tmp_path / f"step_{step:09d}.pt")
@@ -194,7 +196,7 @@ def test_unfinished_writes_are_cleaned_and_never_listed(tmp_path):
 
 
 def test_metrics_row_cut_short_by_a_kill_does_not_block_resume(tmp_path):
-    from selfsup.train.logging import MetricsLog, read_metrics
+    from selfsup.train.metrics_log import MetricsLog, read_metrics
 
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 2, "loss": 3.5}\n{"step": 4, "loss": 3.1}\n{"step": 6, "lo')
@@ -211,7 +213,7 @@ def _small_config(tmp_path, digits256, **overrides) -> PretrainConfig:
                   projection_dim=32, prediction_hidden_dim=64, batch_size=32, epochs=2, warmup_epochs=0.0,
                   eval_at_end=False, progress=False, log_every=1, num_workers=0, checkpoint_every_steps=2,
                   keep_checkpoints=10, report=False)
-    return PretrainConfig(**{**values, **overrides})
+    return pretrain_config(**{**values, **overrides})
 
 
 @pytest.fixture

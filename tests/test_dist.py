@@ -18,15 +18,16 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as torch_dist
+from conftest import pretrain_config
 from torch import nn
 
-from selfsup import dist
+from selfsup import dist, pipeline
+from selfsup.checkpoints import list_checkpoints, load_checkpoint
 from selfsup.config import PretrainConfig
 from selfsup.losses import NTXentLoss
 from selfsup.methods import BYOL
 from selfsup.models import ResNetBackbone
 from selfsup.train import loop
-from selfsup.train.checkpoint import list_checkpoints, load_checkpoint
 from selfsup.train.loop import build_backbone, build_method
 
 WORLD = 2
@@ -93,7 +94,7 @@ def _float64_method(config: PretrainConfig, backbone: nn.Module) -> nn.Module:
 def _pretrain_float64(config: PretrainConfig, resume: str | Path | None = None):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(loop, "build_method", _float64_method)
-        return loop.pretrain(config, resume=resume, log=_quiet)
+        return pipeline.pretrain(config, resume=resume, log=_quiet)
 
 
 def _train_config(out: Path, method: str, **overrides) -> PretrainConfig:
@@ -104,7 +105,7 @@ def _train_config(out: Path, method: str, **overrides) -> PretrainConfig:
                   epochs=1, max_steps=3, warmup_epochs=0.0, optimizer="sgd", base_lr=2.0, eval_at_end=False,
                   progress=False, report=False, log_every=1, num_workers=0, device="cpu", seed=0)
     values.update(overrides)
-    return PretrainConfig(**values)
+    return pretrain_config(**values)
 
 
 def _quiet(*_) -> None:
@@ -231,12 +232,14 @@ def test_checkpoint_written_once_by_rank_0_and_resumed_across_process_counts(run
 def test_every_process_draws_its_rows_of_the_global_batch_views():
     from selfsup.data.datasets import load_image_data
     from selfsup.data.loading import InMemoryTwoViewBatches, PerImageTwoViews
-    from selfsup.transforms.batched import BatchedTwoViews
-    from selfsup.transforms.views import TwoViewTransform
+    from selfsup.methods.byol import byol_views
+    from selfsup.transforms.batched import BatchedTwoViews, BatchedViewAugment
+    from selfsup.transforms.views import TwoViewTransform, view_transform
 
     data = load_image_data("digits", "train")
     cpu = torch.device("cpu")
-    for two_views in (BatchedTwoViews.byol(16), PerImageTwoViews(TwoViewTransform.byol(16))):
+    for two_views in (BatchedTwoViews(*map(BatchedViewAugment, byol_views(16))),
+                      PerImageTwoViews(TwoViewTransform(*map(view_transform, byol_views(16))))):
         one = next(InMemoryTwoViewBatches(data, two_views, 8, 3, cpu).epoch(1))
         two = [next(InMemoryTwoViewBatches(data, two_views, 8, 3, cpu, rank, 2).epoch(1)) for rank in range(2)]
         for index in range(3):  # view1, view2, labels

@@ -11,14 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from selfsup.cli import main
+from selfsup.config import PretrainConfig
 from selfsup.experiments.byol_ablation import collapse_verdict
 from selfsup.experiments.common import ExperimentSettings, default_data_specs
 from selfsup.experiments.temperature import hardest_negative_shares, negative_weights
 
 TINY = ["--data", "digits", "--subset", "96", "--test-subset", "60", "--image-size", "8", "--epochs", "1",
         "--batch-size", "32", "--width", "0.125", "--projection-hidden-dim", "16", "--projection-dim", "8",
-        "--prediction-hidden-dim", "16", "--knn-k", "10", "--analysis-pairs", "32", "--log-every", "1",
-        "--threads", "1", "--num-workers", "0"]
+        "--knn-k", "10", "--analysis-pairs", "32", "--log-every", "1", "--threads", "1", "--num-workers", "0"]
 
 
 def _naive_negative_weights(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> list[list[float]]:
@@ -87,8 +87,8 @@ def test_settings_are_checked_and_a_foreign_data_set_needs_test_data():
     with pytest.raises(ValueError, match="'subset'"):
         ExperimentSettings(subset=1)
     with pytest.raises(ValueError, match="'test_data'"):
-        default_data_specs(ExperimentSettings(data="/some/folder"))
-    assert default_data_specs(ExperimentSettings(data="digits")) == ("digits", "digits")
+        default_data_specs(ExperimentSettings(pretrain=PretrainConfig(data="/some/folder")))
+    assert default_data_specs(ExperimentSettings(pretrain=PretrainConfig(data="digits"))) == ("digits", "digits")
 
 
 def test_temperature_experiment_end_to_end(tmp_path, capsys):
@@ -113,7 +113,7 @@ def test_temperature_experiment_end_to_end(tmp_path, capsys):
 
 def test_byol_ablation_end_to_end(tmp_path, capsys):
     out = tmp_path / "ablation"
-    assert main(["experiment", "byol-ablation", *TINY, "--out", str(out)]) == 0
+    assert main(["experiment", "byol-ablation", *TINY, "--prediction-hidden-dim", "16", "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     assert [run["variant"] for run in results["runs"]] == ["byol", "no-predictor", "no-ema", "random-target"]
     for run in results["runs"]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from selfsup.eval.monitors import (
+from selfsup.monitors import (
     MONITOR_KEYS,
     alignment,
     collapse_warning,

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
+from selfsup.schedules import scaled_learning_rate, warmup_cosine
 from selfsup.train.optim import LARS, build_optimizer, parameter_groups
-from selfsup.train.schedules import scaled_learning_rate, warmup_cosine
 
 LR, WEIGHT_DECAY, ETA, MOMENTUM = 0.5, 0.1, 0.001, 0.9
 
@@ -244,13 +244,15 @@ def test_predictor_lr_multiplier_scales_only_the_predictors_step(name: str) -> N
 
     torch.manual_seed(0)
     backbone = nn.Sequential(nn.Flatten(), nn.Linear(12, 6), nn.ReLU())
-    model = BYOL(backbone, feature_dim=6, projection_hidden_dim=8, projection_dim=4, prediction_hidden_dim=8)
     view1, view2 = torch.randn(5, 12), torch.randn(5, 12)
-    start = {k: v.clone() for k, v in model.state_dict().items()}
+    start = {k: v.clone() for k, v in BYOL(backbone, feature_dim=6, projection_hidden_dim=8, projection_dim=4,
+                                           prediction_hidden_dim=8).state_dict().items()}
     moved = {}
     for multiplier in (1.0, 10.0):
+        model = BYOL(backbone, feature_dim=6, projection_hidden_dim=8, projection_dim=4, prediction_hidden_dim=8,
+                     predictor_lr_multiplier=multiplier)
         model.load_state_dict(start)
-        optimizer = build_optimizer(name, model, lr=0.2, weight_decay=1e-4, predictor_lr_multiplier=multiplier)
+        optimizer = build_optimizer(name, model.learnable_parameters(), lr=0.2, weight_decay=1e-4)
         # a schedule scales every group alike, so the ratio holds at every step
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5)
         assert sorted({g["lr"] for g in optimizer.param_groups}) == sorted({0.1, 0.1 * multiplier})
@@ -268,5 +270,7 @@ def test_predictor_lr_multiplier_scales_only_the_predictors_step(name: str) -> N
 
 
 def test_predictor_lr_multiplier_needs_a_predictor() -> None:
+    from selfsup.methods import BYOL
+
     with pytest.raises(ValueError, match="predictor_lr_multiplier"):
-        build_optimizer("lars", nn.Linear(2, 2), lr=0.1, weight_decay=0.0, predictor_lr_multiplier=10.0)
+        BYOL(nn.Linear(2, 2), feature_dim=2, use_predictor=False, predictor_lr_multiplier=10.0)

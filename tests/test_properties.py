@@ -16,8 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from selfsup.losses import BYOLLoss, NTXentLoss
+from selfsup.methods.byol import byol_views
+from selfsup.methods.simclr import simclr_view
 from selfsup.transforms.batched import BatchedViewAugment
-from selfsup.transforms.views import ViewConfig, byol_views, simclr_view, view_transform
+from selfsup.transforms.views import ViewConfig, view_transform
 
 # Modest example counts: the file runs in seconds, and every run draws new examples.
 PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -18,13 +18,13 @@ import pytest
 import torch
 from PIL import Image
 
+from selfsup.checkpoints import CheckpointError, load_checkpoint
 from selfsup.cli import main
 from selfsup.data.datasets import load_image_data
 from selfsup.data.images import BadImageError, read_rgb_image, square_resize
-from selfsup.train.checkpoint import CheckpointError, load_checkpoint
 
-TINY = ["--width", "0.125", "--projection-hidden-dim", "64", "--projection-dim", "32", "--prediction-hidden-dim",
-        "64", "--no-progress", "--no-report", "--num-workers", "0", "--linear-max-iter", "5"]
+TINY = ["--width", "0.125", "--projection-hidden-dim", "64", "--projection-dim", "32", "--no-progress",
+        "--no-report", "--num-workers", "0", "--linear-max-iter", "5"]
 HINT = "--skip-bad-images"
 HINT = "--skip-bad-images"
 

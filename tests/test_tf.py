@@ -29,16 +29,17 @@ from torchvision.transforms.v2 import functional as TF  # noqa: E402
 
 import selfsup.tf  # noqa: E402, F401
 from selfsup.losses import NTXentLoss  # noqa: E402
+from selfsup.methods.simclr import simclr_view  # noqa: E402
 from selfsup.models.backbones import ResNetBackbone  # noqa: E402
 from selfsup.models.heads import simclr_projection_head  # noqa: E402
+from selfsup.schedules import warmup_cosine  # noqa: E402
 from selfsup.tf import augment, models  # noqa: E402
 from selfsup.tf.losses import nt_xent_loss  # noqa: E402
 from selfsup.tf.optim import LARS, WarmupCosine  # noqa: E402
 from selfsup.tf.train import channel_stats, extract_features_tf, pretrain_simclr_tf, two_view_dataset  # noqa: E402
 from selfsup.train.optim import LARS as TorchLARS  # noqa: E402
 from selfsup.train.optim import parameter_groups  # noqa: E402
-from selfsup.train.schedules import warmup_cosine  # noqa: E402
-from selfsup.transforms.views import ViewConfig, simclr_view  # noqa: E402
+from selfsup.transforms.views import ViewConfig  # noqa: E402
 
 
 def naive_nt_xent(z1: np.ndarray, z2: np.ndarray, temperature: float) -> float:

@@ -4,15 +4,17 @@ import json
 
 import pytest
 import torch
+from conftest import pretrain_config
 
+from selfsup.checkpoints import list_checkpoints, load_checkpoint
 from selfsup.cli import main
 from selfsup.config import PretrainConfig
 from selfsup.models import build_torchvision_resnet
-from selfsup.train.checkpoint import list_checkpoints, load_checkpoint
-from selfsup.train.loop import pretrain
+from selfsup.pipeline import pretrain
 
 TINY = ["--width", "0.125", "--projection-hidden-dim", "64", "--projection-dim", "32",
-        "--prediction-hidden-dim", "64", "--no-progress", "--num-workers", "0", "--linear-max-iter", "5"]
+        "--no-progress", "--num-workers", "0", "--linear-max-iter", "5"]
+TINY_PREDICTOR = {"byol": ["--prediction-hidden-dim", "64"], "simclr": []}
 
 
 @pytest.mark.slow
@@ -21,7 +23,7 @@ def test_cli_pretrain_eval_export_on_cifar_subset(method, cifar_subset, tmp_path
     train_dir, test_dir = cifar_subset
     out = tmp_path / "run"
     code = main(["pretrain", "--method", method, "--data", str(train_dir), "--test-data", str(test_dir),
-                 "--epochs", "2", "--batch-size", "24", "--out", str(out), *TINY])
+                 "--epochs", "2", "--batch-size", "24", "--out", str(out), *TINY, *TINY_PREDICTOR[method]])
     assert code == 0
     printed = capsys.readouterr().out
     assert "kNN" in printed and "random init" in printed and "raw pixels" in printed
@@ -46,10 +48,10 @@ def test_cli_pretrain_eval_export_on_cifar_subset(method, cifar_subset, tmp_path
 
 
 def test_export_loads_into_plain_torchvision_resnet(tmp_path):
+    from selfsup.checkpoints import save_checkpoint
     from selfsup.eval.pretrained import load_backbone
     from selfsup.eval.run import export_torchvision
     from selfsup.models import ResNetBackbone
-    from selfsup.train.checkpoint import save_checkpoint
 
     backbone = ResNetBackbone("resnet18", cifar_stem=True)
     save_checkpoint({"backbone": backbone.state_dict(), "backbone_config": {
@@ -84,7 +86,7 @@ def _config(tmp_path, name, data, **overrides):
                   epochs=2, warmup_epochs=0.5, eval_at_end=False, progress=False, log_every=2, num_workers=0,
                   checkpoint_every_steps=3, keep_checkpoints=10)
     values.update(overrides)
-    return PretrainConfig(**values)
+    return pretrain_config(**values)
 
 
 @pytest.mark.parametrize(("method", "extra"), [("byol", {}), ("simclr", {}),
@@ -172,7 +174,7 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
 
 
 def test_pretrain_without_training_settings_runs_the_default_recipe(monkeypatch, tmp_path, capsys):
-    import selfsup.train.loop
+    import selfsup.pipeline
 
     seen = []
 
@@ -180,7 +182,7 @@ def test_pretrain_without_training_settings_runs_the_default_recipe(monkeypatch,
         seen.append(config)
         raise SystemExit(0)
 
-    monkeypatch.setattr(selfsup.train.loop, "pretrain", fake_pretrain)
+    monkeypatch.setattr(selfsup.pipeline, "pretrain", fake_pretrain)
     for argv, recipe in ((["pretrain"], True), (["pretrain", "--no-progress", "--out", str(tmp_path)], True),
                          (["pretrain", "--method", "byol"], False)):
         with pytest.raises(SystemExit):

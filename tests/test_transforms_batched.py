@@ -14,12 +14,12 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from selfsup.data.datasets import default_datasets_dir
+from selfsup.methods.byol import byol_views
+from selfsup.methods.simclr import simclr_view
 from selfsup.transforms import (
     BatchedTwoViews,
     BatchedViewAugment,
     ViewConfig,
-    byol_views,
-    simclr_view,
     view_transform,
 )
 from selfsup.transforms.batched import BRIGHTNESS, CONTRAST, HUE, SATURATION
@@ -120,7 +120,7 @@ def test_every_image_draws_its_own_randomness() -> None:
 
 def test_seeded_call_repeats_and_the_two_views_differ() -> None:
     images = random_images(8, height=32, width=32)
-    two_views = BatchedTwoViews.byol(32)
+    two_views = BatchedTwoViews(*map(BatchedViewAugment, byol_views(32)))
     first = two_views(images, torch.Generator().manual_seed(3))
     again = two_views(images, torch.Generator().manual_seed(3))
     other = two_views(images, torch.Generator().manual_seed(4))
@@ -131,9 +131,9 @@ def test_seeded_call_repeats_and_the_two_views_differ() -> None:
 
 
 def test_two_view_recipes_mirror_the_per_image_ones() -> None:
-    simclr = BatchedTwoViews.simclr(96, strength=0.5)
+    simclr = BatchedTwoViews(BatchedViewAugment(simclr_view(96, strength=0.5)))
     assert simclr.first.config == simclr.second.config == simclr_view(96, strength=0.5)
-    byol = BatchedTwoViews.byol(224)
+    byol = BatchedTwoViews(*map(BatchedViewAugment, byol_views(224)))
     assert (byol.first.config, byol.second.config) == byol_views(224)
 
 

@@ -16,7 +16,6 @@ import io
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -26,42 +25,14 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 
 from selfsup.data.annotations import TransformedDataset
+from selfsup.devices import resolve_device
+from selfsup.eval.supervised import SupervisedStep
+from selfsup.eval.transfer_settings import DetectionSettings
 from selfsup.models.backbones import ResNetBackbone
-from selfsup.train.schedules import warmup_cosine
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"``: CUDA when available, else the CPU; any other name as torch spells it."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
+from selfsup.schedules import warmup_cosine
 
 # Faster R-CNN's default test-time size ratio (800 / 1333): a short side of S allows a long side of 5S/3.
 LONG_TO_SHORT_SIDE = 1333 / 800
-
-
-@dataclass(frozen=True)
-class DetectionSettings:
-    """A fine-tuning budget. Defaults are torchvision's reference recipe scaled to a small batch:
-    SGD, momentum 0.9, weight decay 1e-4, lr 0.02 x batch / 16 (Goyal et al. 2017's linear rule)."""
-
-    epochs: int = 10
-    batch_size: int = 4
-    lr: float = 0.005
-    weight_decay: float = 1e-4
-    warmup_steps: int = 100
-    image_size: int = 256  # short side the detector resizes to (torchvision's default: 800)
-    fpn_channels: int = 256
-    representation_size: int = 1024  # width of the box head's two fully connected layers
-    # Proposals kept after NMS and RoIs sampled per training image (torchvision: 2000 and 512); Penn-Fudan
-    # has ~2.5 people an image, and fewer RoIs cut the CPU cost of RoIAlign's backward pass.
-    proposals_per_image: int = 2000
-    rois_per_image: int = 512
-    flip_probability: float = 0.5
-    num_workers: int = 0
-    seed: int = 0
-    device: str = "auto"  # "auto": CUDA when available, else the CPU
 
 
 def build_detector(backbone: ResNetBackbone, num_classes: int, image_size: int, fpn_channels: int = 256,
@@ -133,28 +104,18 @@ def train_detector(model: FasterRCNN, dataset: Dataset, settings: DetectionSetti
     optimizer = torch.optim.SGD(parameters, lr=settings.lr, momentum=0.9, weight_decay=settings.weight_decay)
     total_steps = settings.epochs * len(loader)
     warmup_steps = min(settings.warmup_steps, max(total_steps // 5, 1))
-    step, step_losses = 0, []
+    step = SupervisedStep(optimizer, lambda s: settings.lr * warmup_cosine(s, total_steps, warmup_steps), "detection")
+    step_losses = []
     device = next(model.parameters()).device
     model.train()
     for epoch in range(settings.epochs):
         started, epoch_loss = time.perf_counter(), 0.0
         for images, targets in loader:
-            for group in optimizer.param_groups:
-                group["lr"] = settings.lr * warmup_cosine(step, total_steps, warmup_steps)
             images = [image.to(device) for image in images]
             targets = [{key: value.to(device) for key, value in target.items()} for target in targets]
             losses = model(images, targets)
-            loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"detection loss is {loss.item()} at step {step} "
-                                         f"({ {k: round(v.item(), 3) for k, v in losses.items()} }); "
-                                         f"lower the learning rate (lr={settings.lr})")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step_losses.append(loss.item())  # one device sync per step, not two
+            step_losses.append(step(sum(losses.values()), parts=losses))
             epoch_loss += step_losses[-1]
-            step += 1
         log(f"epoch {epoch + 1}/{settings.epochs}: loss {epoch_loss / max(len(loader), 1):.4f} "
             f"({time.perf_counter() - started:.0f} s)")
     return step_losses

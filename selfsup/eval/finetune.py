@@ -22,6 +22,8 @@ from selfsup.data.datasets import ImageData
 from selfsup.data.subsets import balanced_subset, subset_data
 from selfsup.eval.features import extract_features, normalize_uint8
 from selfsup.eval.linear import linear_probe_accuracy
+from selfsup.eval.supervised import SupervisedStep
+from selfsup.schedules import warmup_cosine
 
 __all__ = ["balanced_subset", "finetune_accuracy", "low_label_table"]
 
@@ -89,8 +91,8 @@ def finetune_accuracy(backbone: nn.Module, train: ImageData, test: ImageData, im
         model = _Classifier(copy.deepcopy(backbone), backbone.feature_dim, num_classes).to(device)
     lr = base_lr * batch_size / 256
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    steps_per_epoch = math.ceil(len(indices) / batch_size)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
+    total_steps = epochs * math.ceil(len(indices) / batch_size)
+    step = SupervisedStep(optimizer, lambda s: lr * warmup_cosine(s, total_steps, 0), "fine-tuning")
     augment_generator = torch.Generator(device=device).manual_seed(seed)
     model.train()
     for epoch in range(epochs):
@@ -103,12 +105,7 @@ def finetune_accuracy(backbone: nn.Module, train: ImageData, test: ImageData, im
             x = normalize_uint8(images[batch].to(device), image_size, mean, std)
             if augment:
                 x = _light_augment(x, augment_generator)
-            loss = F.cross_entropy(model(x), labels[batch].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total_loss += loss.item() * len(batch)
+            total_loss += step(F.cross_entropy(model(x), labels[batch].to(device))) * len(batch)
         if log is not None:
             log(f"fine-tuning epoch {epoch + 1}/{epochs}: loss {total_loss / len(indices):.4f}")
 

@@ -3,15 +3,14 @@ saving results atomically."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from selfsup.files import atomic_torch_save, atomic_write_text
+from selfsup.checkpoints import load_checkpoint
+from selfsup.files import atomic_torch_save, write_json
 from selfsup.models.backbones import ResNetBackbone
-from selfsup.train.checkpoint import load_checkpoint
 from selfsup.transforms.views import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -77,13 +76,9 @@ def load_backbone_and_metadata(path: str | Path) -> tuple[ResNetBackbone, dict[s
     return backbone, metadata
 
 
-def backbone_config(backbone: ResNetBackbone) -> dict[str, Any]:
-    return {"name": backbone.name, "cifar_stem": backbone.cifar_stem, "width": backbone.width}
-
-
 def save_atomically(content: Any, path: str | Path) -> None:
     """``torch.save`` (or JSON for a ``.json`` path), written atomically: never half-written."""
     if Path(path).suffix == ".json":
-        atomic_write_text(path, json.dumps(content, indent=2) + "\n")
+        write_json(path, content)
     else:
         atomic_torch_save(content, path)

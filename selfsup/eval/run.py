@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from selfsup.config import EvalConfig
-from selfsup.data.datasets import load_image_data
+from selfsup.data.datasets import load_image_data, load_test_split, match_classes
+from selfsup.devices import resolve_device
 from selfsup.eval.pretrained import load_backbone, load_backbone_and_metadata
-from selfsup.files import atomic_torch_save, atomic_write_text
+from selfsup.files import atomic_torch_save, write_json
 
 
 def run_evaluation(config: EvalConfig, log=print) -> dict:
     """kNN and linear probe (and baselines) of a checkpoint's backbone; writes eval.json to ``out``."""
     from selfsup.eval.features import extract_features
     from selfsup.eval.table import evaluation_table, format_table, reinitialized
-    from selfsup.train.loop import resolve_device
 
     if config.checkpoint is None:
         raise ValueError("setting 'checkpoint' is required: the pretraining checkpoint or backbone.pt to evaluate")
@@ -23,10 +22,12 @@ def run_evaluation(config: EvalConfig, log=print) -> dict:
     device = resolve_device(config.device)
     backbone.to(device)
     train = load_image_data(config.train_data, "train", config.skip_bad_images)
-    test_spec = config.test_data or (config.train_data if config.train_data in ("digits", "fashion-mnist") else None)
-    if test_spec is None:
+    test = load_test_split(config.train_data, config.test_data, config.skip_bad_images, progress=True)
+    if test is None:
         raise ValueError("setting 'test_data' is required for a data folder (the labelled test split)")
-    test = load_image_data(test_spec, "test", config.skip_bad_images)
+    test = match_classes(train, test)
+    for note in train.notes + test.notes:
+        log(note)
     image_size = config.image_size or meta["image_size"] or 224
     # Extracted once here: both the table and the low-label probes read them.
     def features_of(model):
@@ -51,7 +52,7 @@ def run_evaluation(config: EvalConfig, log=print) -> dict:
                                              random_features=random_features)
         log(format_low_label_table(table["low_label"]))
     out = Path(config.out) if config.out else Path(config.checkpoint).resolve().parent
-    atomic_write_text(out / "eval.json", json.dumps(table, indent=2))
+    write_json(out / "eval.json", table)
     log(f"wrote {out / 'eval.json'}")
     return table
 

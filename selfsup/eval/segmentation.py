@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -25,31 +24,13 @@ from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
 from torchvision.models.segmentation.fcn import FCN, FCNHead
 
 from selfsup.data.annotations import TransformedDataset
-from selfsup.eval.detection import resolve_device
+from selfsup.devices import resolve_device
+from selfsup.eval.supervised import SupervisedStep
+from selfsup.eval.transfer_settings import SegmentationSettings
 from selfsup.models.backbones import ResNetBackbone
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 IGNORE_INDEX = 255  # mask value left out of the loss and the metrics (PASCAL VOC's convention)
-
-
-@dataclass(frozen=True)
-class SegmentationSettings:
-    """A fine-tuning budget. Defaults follow torchvision's segmentation reference: SGD, momentum 0.9,
-    weight decay 1e-4, poly learning-rate decay (power 0.9), scale jitter 0.5-2, aux loss weight 0.5."""
-
-    epochs: int = 30
-    batch_size: int = 8
-    lr: float = 0.01
-    weight_decay: float = 1e-4
-    image_size: int = 256  # short side before the scale jitter, and the side of the square training crop
-    min_scale: float = 0.5
-    max_scale: float = 2.0
-    head: Literal["fcn", "deeplabv3"] = "fcn"
-    output_stride: Literal[8, 16, 32] = 8
-    aux_loss: bool = False
-    num_workers: int = 0
-    seed: int = 0
-    device: str = "auto"  # "auto": CUDA when available, else the CPU
 
 
 def dilate_resnet_(resnet: nn.Module, output_stride: int) -> None:
@@ -190,28 +171,21 @@ def train_segmenter(model: nn.Module, dataset: Dataset, settings: SegmentationSe
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=settings.lr,
                                 momentum=0.9, weight_decay=settings.weight_decay)
     total_steps = max(settings.epochs * len(loader), 1)
-    step, step_losses = 0, []
+    # poly decay (DeepLab)
+    step = SupervisedStep(optimizer, lambda s: settings.lr * (1 - s / total_steps) ** 0.9, "segmentation")
+    step_losses = []
     device = next(model.parameters()).device
     model.train()
     for epoch in range(settings.epochs):
         started, epoch_loss = time.perf_counter(), 0.0
         for images, masks in loader:
             images, masks = images.to(device), masks.to(device)
-            for group in optimizer.param_groups:
-                group["lr"] = settings.lr * (1 - step / total_steps) ** 0.9  # poly decay (DeepLab)
             outputs = model(images)
             loss = F.cross_entropy(outputs["out"], masks, ignore_index=IGNORE_INDEX)
             if "aux" in outputs:
                 loss = loss + 0.5 * F.cross_entropy(outputs["aux"], masks, ignore_index=IGNORE_INDEX)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"segmentation loss is {loss.item()} at step {step}; "
-                                         f"lower the learning rate (lr={settings.lr})")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step_losses.append(loss.item())  # one device sync per step, not two
+            step_losses.append(step(loss))
             epoch_loss += step_losses[-1]
-            step += 1
         log(f"epoch {epoch + 1}/{settings.epochs}: loss {epoch_loss / max(len(loader), 1):.4f} "
             f"({time.perf_counter() - started:.0f} s)")
     return step_losses

@@ -15,13 +15,15 @@ import argparse
 import dataclasses
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-from selfsup.config import ConfigError, from_dict, load_yaml
+from selfsup.eval.transfer_settings import DetectionSettings, SegmentationSettings
+from selfsup.flags import add_settings_flags, settings_from_args
+from selfsup.settings import ConfigError, load_yaml
 
 Task = Literal["detect", "segment"]
 
@@ -43,17 +45,51 @@ class TransferOptions:
     with ``num_classes``).
     """
 
-    checkpoint: str | None = None  # none: only the randomly initialized backbone
-    imagenet_weights: str | None = None  # a local torchvision ResNet state dict; nothing is downloaded
+    # A selfsup checkpoint or a torchvision ResNet state dict to fine-tune; none: only the random init.
+    checkpoint: str | None = None
+    # A local torchvision ResNet state dict (ImageNet-supervised) to compare too; nothing is downloaded.
+    imagenet_weights: str | None = None
+    # Also fine-tune the same architecture from random init at the same budget.
     random_baseline: bool = True
-    data: str | None = None  # none: $SELFSUP_DATASETS/pennfudan or ../shared/datasets/pennfudan
+    # The data folder; none: $SELFSUP_DATASETS/pennfudan or ../shared/datasets/pennfudan.
+    data: str | None = None
+    # pennfudan, coco (detection) or mask-pairs (segmentation); see above.
     data_format: Literal["pennfudan", "coco", "mask-pairs"] = "pennfudan"
-    num_classes: int | None = None  # mask-pairs only, background included
+    # Classes of mask-pairs data, background included.
+    num_classes: int | None = None
+    # Output folder: a model and metrics per variant, and summary.json.
     out: str = "runs/transfer"
-    backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"  # random init with no checkpoint
+    # Architecture of the random init when no checkpoint is given.
+    backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
+    # Width of the random init when no checkpoint is given.
     width: float = 1.0
+    # CIFAR stem of the random init when no checkpoint is given.
     cifar_stem: bool = False
-    threads: int | None = None  # torch.set_num_threads; none: torch's default
+    # CPU threads for torch; none: torch's default.
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class DetectionTransfer:
+    """The settings of ``selfsup transfer detect``."""
+
+    # What to compare, and where the data and outputs are.
+    options: TransferOptions = field(default_factory=TransferOptions)
+    # The fine-tuning budget.
+    budget: DetectionSettings = field(default_factory=DetectionSettings)
+
+
+@dataclass(frozen=True)
+class SegmentationTransfer:
+    """The settings of ``selfsup transfer segment``."""
+
+    # What to compare, and where the data and outputs are.
+    options: TransferOptions = field(default_factory=TransferOptions)
+    # The fine-tuning budget.
+    budget: SegmentationSettings = field(default_factory=SegmentationSettings)
+
+
+_SETTINGS = {"detect": DetectionTransfer, "segment": SegmentationTransfer}
 
 
 def _datasets(task: Task, options: TransferOptions):
@@ -83,8 +119,8 @@ def _datasets(task: Task, options: TransferOptions):
 def _backbone_builders(options: TransferOptions, log: Callable[[str], None]) -> list[tuple[str, Callable]]:
     """(name, builder) of each backbone to compare; checkpoints are read once here, so a bad file fails
     before any training."""
-    from selfsup.eval.pretrained import backbone_config, load_backbone
-    from selfsup.models.backbones import ResNetBackbone
+    from selfsup.eval.pretrained import load_backbone
+    from selfsup.models.backbones import ResNetBackbone, backbone_config
 
     builders: list[tuple[str, Callable]] = []
     architecture = {"name": options.backbone, "cifar_stem": options.cifar_stem, "width": options.width}
@@ -105,7 +141,8 @@ def _backbone_builders(options: TransferOptions, log: Callable[[str], None]) -> 
 def run_transfer(task: Task, options: TransferOptions, settings: Any,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
     """Fine-tune and evaluate every backbone of :func:`_backbone_builders` at the budget ``settings``."""
-    from selfsup.eval.pretrained import backbone_config, save_atomically
+    from selfsup.eval.pretrained import save_atomically
+    from selfsup.models.backbones import backbone_config
 
     if options.threads is not None:
         torch.set_num_threads(options.threads)
@@ -154,32 +191,11 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _settings_class(task: Task) -> type:
-    if task == "detect":
-        from selfsup.eval.detection import DetectionSettings
-
-        return DetectionSettings
-    from selfsup.eval.segmentation import SegmentationSettings
-
-    return SegmentationSettings
-
-
 def resolve_settings(task: Task, args: argparse.Namespace) -> tuple[TransferOptions, Any]:
     """Defaults, then ``args.config`` (strict), then the flags given: (options, task settings)."""
-    settings_class = _settings_class(task)
-    values: dict[str, Any] = load_yaml(args.config) if args.config else {}
-    values.update({key: value for key, value in vars(args).items()
-                   if key not in ("config", "func", "command", "transfer_task") and value is not None})
-    option_names = {f.name for f in dataclasses.fields(TransferOptions)}
-    setting_names = {f.name for f in dataclasses.fields(settings_class)}
-    source = args.config or "command line"
-    unknown = sorted(set(values) - option_names - setting_names)
-    if unknown:
-        raise ConfigError(f"{source}: unknown setting(s) {', '.join(map(repr, unknown))}; known settings: "
-                          f"{', '.join(sorted(option_names | setting_names))}")
-    options = from_dict(TransferOptions, {k: v for k, v in values.items() if k in option_names}, source)
-    settings = from_dict(settings_class, {k: v for k, v in values.items() if k in setting_names}, source)
-    return options, settings
+    recipe = load_yaml(args.config) if args.config else None
+    settings = settings_from_args(args, recipe, source=args.config or "command line")
+    return settings.options, settings.budget
 
 
 def _command(task: Task) -> Callable[[argparse.Namespace], int]:
@@ -199,27 +215,8 @@ def add_transfer_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     helps = {"detect": "Faster R-CNN + FPN; box mAP and mAP@0.5 (pycocotools)",
              "segment": "FCN or DeepLabV3 head; mIoU and pixel accuracy"}
     for task, help_text in helps.items():
-        parser = tasks.add_parser(task, help=help_text)
+        parser = tasks.add_parser(task, help=help_text, description=help_text)
         parser.add_argument("--config", help="YAML recipe (see configs/transfer_*.yaml); flags override it")
-        parser.add_argument("--checkpoint", help="selfsup checkpoint or torchvision ResNet state dict; "
-                            "none: random init only")
-        parser.add_argument("--imagenet-weights", help="local torchvision ResNet state dict to compare too")
-        parser.add_argument("--no-random-baseline", dest="random_baseline", action="store_false",
-                            default=None, help="train only the given checkpoint")
-        parser.add_argument("--data", help="data folder (default: $SELFSUP_DATASETS/pennfudan or "
-                            "../shared/datasets/pennfudan)")
-        parser.add_argument("--data-format", choices=["pennfudan", "coco", "mask-pairs"])
-        parser.add_argument("--num-classes", type=int, help="classes of mask-pairs data, background included")
-        parser.add_argument("--out", help="output folder (default: runs/transfer)")
-        parser.add_argument("--epochs", type=int)
-        parser.add_argument("--image-size", type=int, help="short side of the images")
-        parser.add_argument("--batch-size", type=int)
-        parser.add_argument("--lr", type=float)
-        parser.add_argument("--seed", type=int)
-        parser.add_argument("--num-workers", type=int)
-        parser.add_argument("--threads", type=int, help="torch CPU threads")
-        parser.add_argument("--backbone", choices=["resnet18", "resnet34", "resnet50"],
-                            help="architecture of a random init with no --checkpoint")
-        parser.add_argument("--width", type=float, help="width of a random init with no --checkpoint")
+        add_settings_flags(parser, _SETTINGS[task])
         parser.set_defaults(func=_command(task))
     return transfer

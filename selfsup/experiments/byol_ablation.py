@@ -7,23 +7,26 @@ two collapse (0.3% top-1 on ImageNet) while the random target learns a little (1
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from selfsup.eval.monitors import collapse_warning, embedding_monitors
+from selfsup.config import PretrainConfig
 from selfsup.experiments.common import (
     ExperimentSettings,
     Log,
     VariantRun,
+    experiment_pretrain_config,
     initial_knn_top1,
     load_experiment_data,
     markdown_table,
     new_figure,
     train_variant,
+    variant_config,
     write_experiment_outputs,
 )
-from selfsup.methods import BYOL, cosine_momentum
+from selfsup.monitors import collapse_warning, embedding_monitors
+from selfsup.settings import to_dict
 
 # The paper's tau_base is 0.996 for ImageNet runs of 300-1000 epochs; a short run needs a faster target, and
 # solo-learn's CIFAR BYOL recipe uses 0.99.
@@ -35,21 +38,38 @@ class Variant:
     name: str
     use_predictor: bool
     momentum: str  # how the target follows the online network, in words for the report
-    momentum_at: Callable[[int, int], float]
+    method_args: dict  # the BYOL options that make the variant
 
 
 def variants(momentum_base: float = DEFAULT_MOMENTUM_BASE) -> dict[str, Variant]:
-    """The four variants, by the key the command line uses."""
-    def schedule(step: int, total: int) -> float:
-        return cosine_momentum(step, total, momentum_base)
-
+    """The four variants, by the key the command line uses: each a setting of BYOL's options."""
+    cosine = f"EMA, cosine from {momentum_base:g} to 1"
     return {
-        "byol": Variant("BYOL", True, f"EMA, cosine from {momentum_base:g} to 1", schedule),
-        "no-predictor": Variant("no predictor", False, f"EMA, cosine from {momentum_base:g} to 1", schedule),
-        "no-ema": Variant("no EMA (m = 0)", True, "target = online network (m = 0)", lambda step, total: 0.0),
+        "byol": Variant("BYOL", True, cosine, {}),
+        "no-predictor": Variant("no predictor", False, cosine, {"use_predictor": False}),
+        "no-ema": Variant("no EMA (m = 0)", True, "target = online network (m = 0)",
+                          {"momentum_schedule": "constant", "momentum_base": 0.0}),
         "random-target": Variant("random target (m = 1)", True, "constant random target (m = 1)",
-                                 lambda step, total: 1.0),
+                                 {"momentum_schedule": "constant", "momentum_base": 1.0}),
     }
+
+
+@dataclass(frozen=True)
+class ByolAblationSettings(ExperimentSettings):
+    """``selfsup experiment byol-ablation``: BYOL's settings (tau_base 0.99 for short runs) and the variants."""
+
+    pretrain: PretrainConfig = field(default_factory=lambda: experiment_pretrain_config(
+        "byol", "runs/experiment-byol-ablation", momentum_base=DEFAULT_MOMENTUM_BASE))
+    # The variants to train: byol, no-predictor, no-ema (momentum 0), random-target (momentum 1).
+    variants: tuple[Literal["byol", "no-predictor", "no-ema", "random-target"], ...] = (
+        "byol", "no-predictor", "no-ema", "random-target")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.pretrain.method != "byol":
+            raise ValueError(f"setting 'method': the BYOL ablation trains byol, got {self.pretrain.method!r}")
+        if not self.variants:
+            raise ValueError("setting 'variants' needs at least one variant")
 
 
 def collapse_verdict(monitors: dict[str, float], dim: int) -> str:
@@ -58,14 +78,6 @@ def collapse_verdict(monitors: dict[str, float], dim: int) -> str:
     if warning is None:
         return "no collapse"
     return "complete collapse" if "normalized std" in warning else "dimensional collapse"
-
-
-def _byol_builder(settings: ExperimentSettings, use_predictor: bool):
-    def build(backbone):
-        return BYOL(backbone, projection_hidden_dim=settings.projection_hidden_dim or 4096,
-                    projection_dim=settings.projection_dim or 256,
-                    prediction_hidden_dim=settings.prediction_hidden_dim, use_predictor=use_predictor)
-    return build
 
 
 def _summary(key: str, variant: Variant, run: VariantRun, dim: int, chance: float) -> dict:
@@ -108,26 +120,22 @@ def _final_knn_figure(summaries: list[dict], path: Path, chance: float, dim: int
     return save_figure(figure, path)
 
 
-def run_byol_ablation(settings: ExperimentSettings, chosen: Sequence[str] | None = None,
-                      momentum_base: float = DEFAULT_MOMENTUM_BASE, command: str = "", log: Log = print) -> dict:
+def run_byol_ablation(settings: ByolAblationSettings, command: str = "", log: Log = print) -> dict:
     """Train the chosen BYOL variants (all four by default) and write ``report.md``, PNG figures and
-    ``results.json`` to ``settings.out``; returns the results."""
-    if not 0 <= momentum_base <= 1:
-        raise ValueError(f"setting 'momentum_base' must be in [0, 1], got {momentum_base}")
+    ``results.json`` to ``settings.pretrain.out``; returns the results."""
+    config = settings.pretrain
+    momentum_base = config.method_args.momentum_base
     available = variants(momentum_base)
-    chosen = list(chosen or available)
-    unknown = [key for key in chosen if key not in available]
-    if unknown:
-        raise ValueError(f"setting 'variants': unknown {unknown}; choose among {list(available)}")
-    out = Path(settings.out)
+    chosen = list(dict.fromkeys(settings.variants))
+    out = Path(config.out)
     data = load_experiment_data(settings)
-    dim = settings.projection_dim or 256
+    dim = config.method_args.projection_dim
     chance = 100.0 / data.num_classes
     log(f"BYOL ablation {chosen} on {data.train.name} ({len(data.train)} images, {data.image_size} px), "
         f"kNN on {data.test.name} ({len(data.test)} images)")
     initial_knn = initial_knn_top1(settings, data)
-    runs = {key: train_variant(available[key].name, _byol_builder(settings, available[key].use_predictor), "byol",
-                               settings, data, momentum_at=available[key].momentum_at, log=log)
+    runs = {key: train_variant(available[key].name, variant_config(settings, **available[key].method_args),
+                               settings, data, log=log)
             for key in chosen}
     summaries = [_summary(key, available[key], run, dim, chance) for key, run in runs.items()]
     for summary in summaries:
@@ -138,7 +146,7 @@ def run_byol_ablation(settings: ExperimentSettings, chosen: Sequence[str] | None
     table_rows = [[s["name"], s["target"], s["final_knn_top1"], s["knn_change_from_initial"],
                    s.get("normalized_std", ""), s.get("std_over_isotropic", ""), s.get("rankme", ""), s["verdict"]]
                   for s in summaries]
-    results = {"experiment": "byol-ablation", "command": command, "settings": settings.__dict__,
+    results = {"experiment": "byol-ablation", "command": command, "settings": to_dict(settings),
                "momentum_base": momentum_base, "train_data": data.train.name, "train_images": len(data.train),
                "test_data": data.test.name, "test_images": len(data.test), "image_size": data.image_size,
                "embedding_dim": dim, "isotropic_std": 1 / math.sqrt(dim), "initial_knn_top1": initial_knn,
@@ -149,10 +157,10 @@ def run_byol_ablation(settings: ExperimentSettings, chosen: Sequence[str] | None
     lines = ["# BYOL ablation: which parts keep it from collapsing", ""]
     if command:
         lines += ["```", command, "```", ""]
-    lines += [f"Each variant trained for {settings.epochs} epochs ({steps} steps, batch {settings.batch_size}) on "
+    lines += [f"Each variant trained for {config.epochs} epochs ({steps} steps, batch {config.batch_size}) on "
               f"{len(data.train)} images of {data.train.name} at {data.image_size} px, ResNet-18 at width "
-              f"{settings.width:g}, from the same initial weights and with the same views; kNN (k = "
-              f"{settings.knn_k}) on {len(data.test)} images of {data.test.name}. Chance is {chance:.3g}%; the "
+              f"{config.width:g}, from the same initial weights and with the same views; kNN (k = "
+              f"{config.knn_k}) on {len(data.test)} images of {data.test.name}. Chance is {chance:.3g}%; the "
               f"randomly initialised backbone that every variant starts from has a kNN top-1 of {initial_knn:.2f}%.",
               "",
               f"The monitors are of the final projections (D = {dim}) of {settings.analysis_pairs} pairs of fresh "

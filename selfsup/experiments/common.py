@@ -1,83 +1,94 @@
-"""What the experiments share: their settings, the data (optionally a stratified subset), and a short
-pretraining loop that trains one variant and logs the monitors and the kNN accuracy per epoch.
+"""What the experiments share: their settings (a :class:`PretrainConfig` plus the experiment's own), the data
+(optionally a stratified subset), and training one variant with the pretraining step
+(:class:`selfsup.train.step.TrainingStep`), logging the monitors and the kNN accuracy per epoch.
 
-The loop is the step of :func:`selfsup.train.loop.pretrain` without checkpoints, resume or processes, and
-with the method object and the target-momentum rule given by the caller: an ablation needs variants
-(no predictor, a constant momentum) that the pretraining settings deliberately do not offer. The view
-recipes, backbone, optimizer and schedule are the pretraining loop's own.
+A variant is a pretraining config: the method and its options (a temperature, BYOL without its predictor or
+with a constant momentum) are settings, so every variant runs the one training step. Experiments keep no
+checkpoints and run in one process.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
-import numpy as np
 import torch
 from torch import nn
 
 from selfsup.config import PretrainConfig, resolve
-from selfsup.data.datasets import SMALL_IMAGE_SIDE, ImageData, default_datasets_dir, load_image_data, scan_folder
-from selfsup.data.images import read_rgb_image, square_resize
+from selfsup.data.datasets import (
+    BUILTIN_DATASETS,
+    ImageData,
+    decode_into_memory,
+    default_datasets_dir,
+    load_folder_data,
+    load_image_data,
+    match_classes,
+)
 from selfsup.data.subsets import stratified_sample, subset_data
+from selfsup.devices import resolve_device
 from selfsup.eval.features import extract_features
 from selfsup.eval.knn import knn_accuracy
-from selfsup.eval.monitors import embedding_monitors
-from selfsup.train.loop import auto_image_size, build_backbone, build_batches, channel_stats, resolve_device
-from selfsup.train.optim import build_optimizer
-from selfsup.train.schedules import scaled_learning_rate, warmup_cosine
+from selfsup.files import write_json
+from selfsup.schedules import scaled_learning_rate
+from selfsup.train.loop import auto_image_size, build_backbone, build_batches, build_method, channel_stats
+from selfsup.train.optim import build_optimizer, build_scheduler
+from selfsup.train.step import NonFiniteLossError, TrainingStep
 
 Log = Callable[[str], None]
+
+# The pretraining settings an experiment takes from its flags; the others keep their defaults (an experiment
+# writes no checkpoints, runs one process and evaluates by kNN per epoch).
+PRETRAIN_FLAGS = ("data", "test_data", "out", "epochs", "batch_size", "backbone", "width", "image_size",
+                  "crop_size", "crop_min_scale", "blur", "optimizer", "base_lr", "weight_decay", "warmup_epochs",
+                  "lars_trust_coefficient", "lars_clip", "precision", "grad_clip", "knn_k", "knn_temperature",
+                  "log_every", "device", "num_workers", "seed")
+
+
+def cifar10_split(split: str) -> str:
+    """CIFAR-10's ``train`` or ``test`` folder in the shared datasets folder, the experiments' default data."""
+    return str(default_datasets_dir() / "cifar10" / split)
+
+
+def experiment_pretrain_config(method: str, out: str, **method_args) -> PretrainConfig:
+    """An experiment's default pretraining settings: CIFAR-10, 10 epochs, a tenth of them warming up (SimCLR
+    and BYOL warm up for 10 of their 100-1000 epochs), the method's paper values otherwise."""
+    return PretrainConfig(method=method, method_args=method_args, data=cifar10_split("train"), out=out, epochs=10,
+                          warmup_epochs=1.0, log_every=5, online_probe=False, eval_at_end=False, report=False,
+                          progress=False)
 
 
 @dataclass(frozen=True)
 class ExperimentSettings:
     """The settings every experiment takes (the flags of ``selfsup experiment ...``)."""
 
-    data: str | None = None  # None: CIFAR-10 train from the shared datasets folder
-    test_data: str | None = None  # None: CIFAR-10 test with the default data, a built-in's test split
-    out: str = "runs/experiment"
-    epochs: int = 10
-    batch_size: int = 256
-    width: float = 1.0
-    image_size: int | None = None
-    subset: int | None = None  # train on this many images, stratified by class
-    test_subset: int | None = None  # evaluate kNN on this many test images, stratified
-    optimizer: str = "lars"
-    base_lr: float | None = None  # None: the method's paper value per 256 images (selfsup.config.resolve)
-    # SimCLR and BYOL warm up for 10 of their 100-1000 epochs; a CPU run of a few epochs warms up for the
-    # same tenth of its length instead, so that most of its few steps run at the full learning rate.
-    warmup_fraction: float = 0.1
-    projection_hidden_dim: int | None = None
-    projection_dim: int | None = None
-    prediction_hidden_dim: int = 4096
-    knn_k: int = 200
-    knn_temperature: float = 0.1
-    log_every: int = 5
-    analysis_pairs: int = 512  # pairs of views whose embeddings are analysed at the end of each run
-    device: str = "auto"
-    num_workers: int = 2
-    seed: int = 0
+    # The pretraining settings each variant runs with; the variants differ only in the method's options.
+    pretrain: PretrainConfig = field(default_factory=lambda: experiment_pretrain_config("simclr", "runs/experiment"))
+    # Train on this many images, drawn stratified by class; None: all of them.
+    subset: int | None = None
+    # Evaluate kNN on this many test images, drawn stratified; None: all of them.
+    test_subset: int | None = None
+    # Pairs of views whose embeddings are analysed at the end of each run.
+    analysis_pairs: int = 512
+    # CPU threads for torch; None: torch's choice (1 is often fastest on a busy shared machine).
+    threads: int | None = None
+
+    pretrain_flags: ClassVar[tuple[str, ...]] = PRETRAIN_FLAGS
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "knn_k", "log_every", "analysis_pairs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"setting '{name}' must be >= 1, got {getattr(self, name)}")
         for name in ("subset", "test_subset"):
             value = getattr(self, name)
             if value is not None and value < 2:
                 raise ValueError(f"setting '{name}' must be >= 2 images, got {value}")
-        if not self.width > 0:
-            raise ValueError(f"setting 'width' must be > 0, got {self.width}")
-        if not 0 <= self.warmup_fraction < 1:
-            raise ValueError(f"setting 'warmup_fraction' must be in [0, 1), got {self.warmup_fraction}")
-        if self.image_size is not None and self.image_size < 8:
-            raise ValueError(f"setting 'image_size' must be >= 8, got {self.image_size}")
+        if self.analysis_pairs < 1:
+            raise ValueError(f"setting 'analysis_pairs' must be >= 1, got {self.analysis_pairs}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"setting 'threads' must be >= 1, got {self.threads}")
 
 
 @dataclass
@@ -90,30 +101,16 @@ class ExperimentData:
 
     @property
     def num_classes(self) -> int:
-        return max(self.train.num_classes, int(self.test.labels.max()) + 1)
-
-
-def _in_memory(data: ImageData) -> ImageData:
-    """Decode the images of ``data`` (on disk) into memory when they are small, as load_image_data does."""
-    if data.in_memory or not data.paths:
-        return data
-    side = max(read_rgb_image(data.paths[0]).size)
-    if side > SMALL_IMAGE_SIDE:
-        return data
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        arrays = list(pool.map(lambda p: np.asarray(square_resize(read_rgb_image(p), side)), data.paths))
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    return ImageData(name=data.name, images=images, labels=data.labels, classes=data.classes)
+        return self.train.num_classes
 
 
 def _load(spec: str, split: str, count: int | None, seed: int, setting: str) -> ImageData:
     path = Path(spec).expanduser()
     if count is not None and path.is_dir():
         # Draw the subset from the file list, so that only the chosen images are decoded.
-        paths, labels, classes = scan_folder(path)
-        if labels is None:
+        data = load_folder_data(path, in_memory=False)
+        if data.labels is None:
             raise ValueError(f"setting '{setting}': {spec} has no class sub-folders; experiments need labels")
-        data = ImageData(name=path.name, paths=paths, labels=torch.tensor(labels), classes=classes)
     else:
         data = load_image_data(spec, split, progress=False)
     if data.labels is None:
@@ -124,44 +121,41 @@ def _load(spec: str, split: str, count: int | None, seed: int, setting: str) -> 
             raise ValueError(f"setting '{'subset' if setting == 'data' else 'test_subset'}' ({count}) is larger "
                              f"than {spec} ({len(data)} images)")
         data = subset_data(data, stratified_sample(data.labels, count, seed), name=f"{data.name}[{count}]")
-    return _in_memory(data)
+    return decode_into_memory(data)
 
 
 def default_data_specs(settings: ExperimentSettings) -> tuple[str, str]:
-    """The train and test data settings, with CIFAR-10 from the shared datasets folder as the default."""
-    cifar = default_datasets_dir() / "cifar10"
-    train = settings.data if settings.data is not None else str(cifar / "train")
-    if settings.test_data is not None:
-        return train, settings.test_data
-    if settings.data is None:
-        return train, str(cifar / "test")
-    if settings.data in ("digits", "fashion-mnist"):
-        return train, settings.data
-    raise ValueError(f"setting 'test_data' is needed: {settings.data} is not a built-in data set with a test "
+    """The train and test data settings; CIFAR-10's test folder goes with its train folder, a built-in data
+    set's test split with the set."""
+    train, test = settings.pretrain.data, settings.pretrain.test_data
+    if test is not None:
+        return train, test
+    if train == cifar10_split("train"):
+        return train, cifar10_split("test")
+    if train in BUILTIN_DATASETS:
+        return train, train
+    raise ValueError(f"setting 'test_data' is needed: {train} is not a built-in data set with a test "
                      "split; give --test-data")
 
 
 def load_experiment_data(settings: ExperimentSettings) -> ExperimentData:
     train_spec, test_spec = default_data_specs(settings)
-    if settings.data is None and not Path(train_spec).exists():
+    if train_spec == cifar10_split("train") and not Path(train_spec).exists():
         raise FileNotFoundError(f"CIFAR-10 not found at {train_spec}: give --data (and --test-data), or set "
                                 "SELFSUP_DATASETS to the folder holding cifar10/")
-    train = _load(train_spec, "train", settings.subset, settings.seed, "data")
-    test = _load(test_spec, "test", settings.test_subset, settings.seed, "test_data")
-    config = PretrainConfig(image_size=settings.image_size)
-    image_size = auto_image_size(config, train)
+    train = _load(train_spec, "train", settings.subset, settings.pretrain.seed, "data")
+    test = match_classes(train, _load(test_spec, "test", settings.test_subset, settings.pretrain.seed, "test_data"))
+    image_size = auto_image_size(settings.pretrain, train)
     mean, std = channel_stats(train)
     return ExperimentData(train=train, test=test, image_size=image_size, mean=mean, std=std)
 
 
-def pretrain_config(settings: ExperimentSettings, method: str) -> PretrainConfig:
-    """The pretraining settings a variant runs with (view recipes, backbone, optimizer)."""
-    return PretrainConfig(method=method, epochs=settings.epochs, batch_size=settings.batch_size,
-                          width=settings.width, image_size=settings.image_size, optimizer=settings.optimizer,
-                          base_lr=settings.base_lr, projection_hidden_dim=settings.projection_hidden_dim,
-                          projection_dim=settings.projection_dim,
-                          prediction_hidden_dim=settings.prediction_hidden_dim, seed=settings.seed,
-                          device=settings.device, num_workers=settings.num_workers, online_probe=False)
+def variant_config(settings: ExperimentSettings, method: str | None = None, **method_args) -> PretrainConfig:
+    """The experiment's pretraining settings with ``method_args`` over the method's options (a variant)."""
+    config = settings.pretrain
+    method = method or config.method
+    base = dataclasses.asdict(config.method_args) if method == config.method else {}
+    return dataclasses.replace(config, method=method, method_args={**base, **method_args})
 
 
 @dataclass
@@ -177,24 +171,24 @@ class VariantRun:
     seconds: float = 0.0
 
 
-def knn_top1(backbone: nn.Module, data: ExperimentData, settings: ExperimentSettings, device) -> float:
+def knn_top1(backbone: nn.Module, data: ExperimentData, config: PretrainConfig, device) -> float:
     train = extract_features(backbone, data.train, data.image_size, data.mean, data.std, device=device,
-                             num_workers=settings.num_workers)
+                             num_workers=config.num_workers)
     test = extract_features(backbone, data.test, data.image_size, data.mean, data.std, device=device,
-                            num_workers=settings.num_workers)
+                            num_workers=config.num_workers)
     if not (torch.isfinite(train).all() and torch.isfinite(test).all()):
         return math.nan
-    return knn_accuracy(train, data.train.labels, test, data.test.labels, data.num_classes, settings.knn_k,
-                        settings.knn_temperature)
+    return knn_accuracy(train, data.train.labels, test, data.test.labels, data.num_classes, config.knn_k,
+                        config.knn_temperature)
 
 
 def initial_knn_top1(settings: ExperimentSettings, data: ExperimentData) -> float:
     """kNN top-1 (%) of the backbone every variant starts from (same seed, so the same weights): the level
     that training must beat, above chance since even random convolutions give usable features."""
-    torch.manual_seed(settings.seed)
-    backbone = build_backbone(pretrain_config(settings, "simclr"), data.image_size)
-    device = resolve_device(settings.device)
-    return knn_top1(backbone.to(device), data, settings, device)
+    torch.manual_seed(settings.pretrain.seed)
+    backbone = build_backbone(settings.pretrain, data.image_size)
+    device = resolve_device(settings.pretrain.device)
+    return knn_top1(backbone.to(device), data, settings.pretrain, device)
 
 
 @torch.no_grad()
@@ -214,66 +208,54 @@ def final_embeddings(method: nn.Module, batches, epoch: int, pairs: int) -> tupl
     return torch.cat(first)[:pairs], torch.cat(second)[:pairs]
 
 
-def train_variant(name: str, build_method: Callable[[nn.Module], nn.Module], method_name: str,
-                  settings: ExperimentSettings, data: ExperimentData,
-                  momentum_at: Callable[[int, int], float] | None = None, log: Log = print) -> VariantRun:
-    """Pretrain ``build_method(backbone)`` on ``data.train`` for ``settings.epochs`` epochs.
+def train_variant(name: str, config: PretrainConfig, settings: ExperimentSettings, data: ExperimentData,
+                  log: Log = print) -> VariantRun:
+    """Pretrain ``config``'s method on ``data.train`` for ``config.epochs`` epochs with the training step.
 
     Every variant starts from the same weights (the seed is set before the backbone is built) and sees
-    the same batches and views. ``momentum_at(step, total_steps)`` is the target momentum applied after
-    each step (methods without a target ignore it). Rows: every ``log_every`` steps the loss, learning
-    rate, momentum and :func:`selfsup.eval.monitors.embedding_monitors` of the batch; after each epoch the
-    kNN top-1 (%) on ``data.test``. A non-finite loss ends the variant early with ``diverged`` set.
+    the same batches and views. Rows: every ``log_every`` steps the step's monitors
+    (:meth:`TrainingStep.monitors`); after each epoch the kNN top-1 (%) on ``data.test``. A non-finite loss
+    ends the variant early with ``diverged`` set.
     """
-    config = pretrain_config(settings, method_name)
-    device = resolve_device(settings.device)
-    torch.manual_seed(settings.seed)
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
     backbone = build_backbone(config, data.image_size)
-    method = build_method(backbone).to(device)
-    batches = build_batches(config, data.train, data.image_size, data.mean, data.std, device)
-    steps_per_epoch = len(batches)
-    total_steps = settings.epochs * steps_per_epoch
-    warmup_steps = round(settings.warmup_fraction * total_steps)
+    method = build_method(config, backbone).to(device)
+    batches = build_batches(config, data.train, config.crop_size or data.image_size, data.mean, data.std, device)
+    total_steps = config.epochs * len(batches)
+    warmup_steps = min(round(config.warmup_epochs * len(batches)), total_steps)
     hyper = resolve(config)
-    optimizer = build_optimizer(config.optimizer, method, scaled_learning_rate(hyper.base_lr, settings.batch_size),
-                                hyper.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total_steps, warmup_steps))
+    optimizer = build_optimizer(config.optimizer, method.learnable_parameters(),
+                                scaled_learning_rate(hyper.base_lr, config.batch_size), hyper.weight_decay,
+                                lars_trust_coefficient=config.lars_trust_coefficient, lars_clip=config.lars_clip)
+    training_step = TrainingStep(method, optimizer, build_scheduler(optimizer, total_steps, warmup_steps),
+                                 total_steps, precision=config.precision, grad_clip=config.grad_clip,
+                                 channels_last=bool(config.channels_last), device_type=device.type)
     run = VariantRun(name=name, method=method)
     start = time.perf_counter()
     step = 0
     method.train()
-    for epoch in range(settings.epochs):
+    for epoch in range(config.epochs):
         for view1, view2, _ in batches.epoch(epoch):
-            lr = optimizer.param_groups[0]["lr"]
-            output = method(view1, view2)
-            if not torch.isfinite(output.loss.detach()):
-                log(f"[{name}] loss is {output.loss.item()} at step {step}: stopping this variant")
+            try:
+                result = training_step(view1, view2, step, epoch)
+            except NonFiniteLossError as error:
+                log(f"[{name}] {str(error).split('. ')[0]}: stopping this variant")
                 run.diverged = True
                 break
-            optimizer.zero_grad(set_to_none=True)
-            output.loss.backward()
-            optimizer.step()
-            scheduler.step()
-            momentum = momentum_at(step, total_steps) if momentum_at is not None else None
-            if momentum is not None:
-                method.update_target(momentum)
             step += 1
-            if step % settings.log_every == 0 or step == total_steps:
-                row = {"step": step, "epoch": epoch + 1, "loss": round(output.loss.item(), 6), "lr": lr}
-                if momentum is not None:
-                    row["momentum"] = momentum
-                row.update({k: round(v, 6) for k, v in embedding_monitors(*output.embeddings).items()})
-                run.rows.append(row)
+            if step % config.log_every == 0 or step == total_steps:
+                run.rows.append({"step": step, "epoch": epoch + 1, **training_step.monitors(result)})
         if run.diverged:
             break
-        accuracy = knn_top1(backbone, data, settings, device)
+        accuracy = knn_top1(backbone, data, config, device)
         run.rows.append({"step": step, "epoch": epoch + 1, "knn_top1": round(accuracy, 2)})
         last_loss = next((r["loss"] for r in reversed(run.rows) if "loss" in r), math.nan)
-        log(f"[{name}] epoch {epoch + 1}/{settings.epochs}  step {step}  loss {last_loss:.4f}  "
+        log(f"[{name}] epoch {epoch + 1}/{config.epochs}  step {step}  loss {last_loss:.4f}  "
             f"kNN top-1 {accuracy:.2f}%  ({time.perf_counter() - start:.0f} s)")
     run.final_knn_top1 = next((r["knn_top1"] for r in reversed(run.rows) if "knn_top1" in r), math.nan)
     if not run.diverged:
-        run.embeddings = final_embeddings(method, batches, settings.epochs, settings.analysis_pairs)
+        run.embeddings = final_embeddings(method, batches, config.epochs, settings.analysis_pairs)
     run.seconds = round(time.perf_counter() - start, 1)
     return run
 
@@ -293,22 +275,6 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     cells = [[f"{v:.4g}" if isinstance(v, float) else str(v) for v in row] for row in rows]
     return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
                      + ["| " + " | ".join(row) + " |" for row in cells])
-
-
-def write_json(path: Path, value) -> Path:
-    """``value`` as indented JSON, written atomically; NaN becomes null (JSON has no NaN)."""
-    from selfsup.files import atomic_write_bytes
-
-    def clean(item):
-        if isinstance(item, float) and not math.isfinite(item):
-            return None
-        if isinstance(item, dict):
-            return {str(k): clean(v) for k, v in item.items()}
-        if isinstance(item, (list, tuple)):
-            return [clean(v) for v in item]
-        return item
-
-    return atomic_write_bytes(Path(path), (json.dumps(clean(value), indent=2) + "\n").encode("utf-8"))
 
 
 def new_figure(ncols: int, nrows: int = 1, panel_size: tuple[float, float] = (4.6, 3.4)):

@@ -11,27 +11,30 @@ negatives (low t: nearly all of it) rather than being spread over all of them (h
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from selfsup.eval.monitors import embedding_monitors, pair_cosines
+from selfsup.config import PretrainConfig
 from selfsup.experiments.common import (
     ExperimentData,
     ExperimentSettings,
     Log,
     VariantRun,
+    experiment_pretrain_config,
     initial_knn_top1,
     load_experiment_data,
     markdown_table,
     new_figure,
     train_variant,
+    variant_config,
     write_experiment_outputs,
 )
-from selfsup.methods import SimCLR
+from selfsup.monitors import embedding_monitors, pair_cosines
+from selfsup.settings import to_dict
 
 DEFAULT_TEMPERATURES = (0.05, 0.1, 0.2, 0.5, 1.0)
 
@@ -80,15 +83,6 @@ def hardest_negative_shares(z1: torch.Tensor, z2: torch.Tensor, temperature: flo
             "top10_share": weights[:, :min(10, count)].sum(dim=1).mean().item(),
             "effective_negatives": entropy.exp().mean().item(),
             "negatives_per_anchor": count}
-
-
-def _simclr_builder(settings: ExperimentSettings, temperature: float):
-    def build(backbone):
-        # gather_distributed off: the experiment runs in one process.
-        return SimCLR(backbone, projection_hidden_dim=settings.projection_hidden_dim or 2048,
-                      projection_dim=settings.projection_dim or 128, temperature=temperature,
-                      gather_distributed=False)
-    return build
 
 
 def _summary(run: VariantRun, temperature: float) -> dict:
@@ -182,31 +176,46 @@ def _figures(runs: dict[float, VariantRun], summaries: list[dict], out: Path, da
     return figures
 
 
-def run_temperature_experiment(settings: ExperimentSettings, temperatures: Sequence[float] = DEFAULT_TEMPERATURES,
-                               command: str = "", log: Log = print) -> dict:
+@dataclass(frozen=True)
+class TemperatureSettings(ExperimentSettings):
+    """``selfsup experiment temperature``: SimCLR's settings and the temperatures to sweep."""
+
+    pretrain: PretrainConfig = field(default_factory=lambda: experiment_pretrain_config(
+        "simclr", "runs/experiment-temperature", gather_distributed=False))  # one process: nothing to gather
+    # The NT-Xent temperatures to train SimCLR at, one run each.
+    temperatures: tuple[float, ...] = DEFAULT_TEMPERATURES
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.pretrain.method != "simclr":
+            raise ValueError(f"setting 'method': the temperature sweep trains simclr, got {self.pretrain.method!r}")
+        if not self.temperatures or min(self.temperatures) <= 0:
+            raise ValueError(f"setting 'temperatures' must be positive numbers, got {list(self.temperatures)}")
+
+
+def run_temperature_experiment(settings: TemperatureSettings, command: str = "", log: Log = print) -> dict:
     """Train SimCLR once per temperature (same seed, data, views and budget) and write ``report.md``,
-    PNG figures and ``results.json`` to ``settings.out``; returns the results."""
-    temperatures = sorted({float(t) for t in temperatures})
-    if not temperatures or min(temperatures) <= 0:
-        raise ValueError(f"setting 'temperatures' must be positive numbers, got {list(temperatures)}")
-    out = Path(settings.out)
+    PNG figures and ``results.json`` to ``settings.pretrain.out``; returns the results."""
+    config = settings.pretrain
+    temperatures = sorted({float(t) for t in settings.temperatures})
+    out = Path(config.out)
     data = load_experiment_data(settings)
     log(f"SimCLR temperature sweep {temperatures} on {data.train.name} ({len(data.train)} images, "
         f"{data.image_size} px), kNN on {data.test.name} ({len(data.test)} images)")
     initial_knn = initial_knn_top1(settings, data)
-    runs = {t: train_variant(f"t={t:g}", _simclr_builder(settings, t), "simclr", settings, data, log=log)
+    runs = {t: train_variant(f"t={t:g}", variant_config(settings, temperature=t), settings, data, log=log)
             for t in temperatures}
     summaries = [_summary(run, t) for t, run in runs.items()]
     finite = [s for s in summaries if math.isfinite(s["final_knn_top1"])]
     best = max(finite, key=lambda s: s["final_knn_top1"]) if finite else None
-    embedding_dim = settings.projection_dim or 128
+    embedding_dim = config.method_args.projection_dim
 
     header = ["temperature", "kNN top-1 (%)", "best epoch kNN (%)", "mean positive cos", "mean negative cos",
               "top-1% share", "top-10 share", "effective negatives"]
     table_rows = [[s["temperature"], s["final_knn_top1"], s["best_knn_top1"], s.get("positive_cosine_mean", ""),
                    s.get("negative_cosine_mean", ""), s.get("top1pct_share", ""), s.get("top10_share", ""),
                    s.get("effective_negatives", "")] for s in summaries]
-    results = {"experiment": "temperature", "command": command, "settings": settings.__dict__,
+    results = {"experiment": "temperature", "command": command, "settings": to_dict(settings),
                "train_data": data.train.name, "train_images": len(data.train), "test_data": data.test.name,
                "test_images": len(data.test), "image_size": data.image_size,
                "initial_knn_top1": initial_knn, "chance_top1": 100.0 / data.num_classes, "runs": summaries,
@@ -217,9 +226,9 @@ def run_temperature_experiment(settings: ExperimentSettings, temperatures: Seque
     if command:
         lines += ["```", command, "```", ""]
     steps = max((row["step"] for run in runs.values() for row in run.rows), default=0)
-    lines += [f"SimCLR at {len(temperatures)} temperatures, each for {settings.epochs} epochs ({steps} steps, batch "
-              f"{settings.batch_size}) on {len(data.train)} images of {data.train.name} at {data.image_size} px, "
-              f"ResNet-18 at width {settings.width:g}; kNN (k = {settings.knn_k}) on {len(data.test)} images of "
+    lines += [f"SimCLR at {len(temperatures)} temperatures, each for {config.epochs} epochs ({steps} steps, batch "
+              f"{config.batch_size}) on {len(data.train)} images of {data.train.name} at {data.image_size} px, "
+              f"ResNet-18 at width {config.width:g}; kNN (k = {config.knn_k}) on {len(data.test)} images of "
               f"{data.test.name}. Chance is {100.0 / data.num_classes:.3g}%; the "
               f"randomly initialised backbone that every run starts from has a kNN top-1 of {initial_knn:.2f}%.", ""]
     if best:

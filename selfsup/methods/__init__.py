@@ -1,8 +1,32 @@
-"""Self-supervised methods: a backbone, heads and a loss put together, one short file each."""
+"""Self-supervised methods: a backbone, heads and a loss put together, one short file each.
 
-from selfsup.methods.byol import BYOL
+:data:`METHODS` maps each name that ``--method`` takes to its class; adding a method is one file and one line
+here (see :mod:`selfsup.methods.base` for what the class holds). A user's own method is added the same way::
+
+    from selfsup.methods import METHODS
+    METHODS["my-method"] = MyMethod
+"""
+
+from selfsup.methods.base import Method
+from selfsup.methods.byol import BYOL, BYOLSettings
 from selfsup.methods.momentum import cosine_momentum, ema_update_, frozen_copy
 from selfsup.methods.output import MethodOutput
-from selfsup.methods.simclr import SimCLR
+from selfsup.methods.simclr import SimCLR, SimCLRSettings
 
-__all__ = ["BYOL", "MethodOutput", "SimCLR", "cosine_momentum", "ema_update_", "frozen_copy"]
+METHODS: dict[str, type[Method]] = {
+    "byol": BYOL,
+    "simclr": SimCLR,
+}
+
+
+def method_class(name: str) -> type[Method]:
+    """The class of method ``name``; an unknown name is an error that lists the known ones."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"setting 'method': unknown method {name!r}; known methods: "
+                         f"{', '.join(sorted(METHODS))}") from None
+
+
+__all__ = ["BYOL", "BYOLSettings", "METHODS", "Method", "MethodOutput", "SimCLR", "SimCLRSettings",
+           "cosine_momentum", "ema_update_", "frozen_copy", "method_class"]

@@ -7,15 +7,57 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
+from selfsup.data.datasets import SMALL_IMAGE_SIDE
 from selfsup.losses import NTXentLoss
+from selfsup.methods.base import Method
 from selfsup.methods.output import MethodOutput
 from selfsup.models.heads import simclr_projection_head
+from selfsup.transforms.views import CIFAR10_MEAN, CIFAR10_STD, ViewConfig
 
 
-class SimCLR(nn.Module):
+@dataclass(frozen=True)
+class SimCLRSettings:
+    """SimCLR's own options."""
+
+    # Hidden size of the projection head (paper: 2048, ResNet-50's feature size; sec. B.9).
+    projection_hidden_dim: int = 2048
+    # Output size of the projection head, where the loss is computed (paper: 128).
+    projection_dim: int = 128
+    # NT-Xent temperature (paper: 0.5 for CIFAR-10, sec. B.9; 0.1 for ImageNet at batch 4096).
+    temperature: float = 0.5
+    # Negatives from the views of all processes, the paper's global batch; off: this process's views only.
+    gather_distributed: bool = True
+    # Colour-jitter strength s of the views (paper: 1.0 on ImageNet, 0.5 in its CIFAR-10 runs; appendix A).
+    color_strength: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("projection_hidden_dim", "projection_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"setting '{name}' must be >= 1, got {getattr(self, name)}")
+        for name in ("temperature", "color_strength"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"setting '{name}' must be > 0, got {getattr(self, name)}")
+
+
+def simclr_view(image_size: int, strength: float = 1.0, mean=CIFAR10_MEAN, std=CIFAR10_STD,
+                blur: bool | None = None) -> ViewConfig:
+    """SimCLR's augmentation (Chen et al. 2020, appendix A): crop 0.08-1, flip, jitter (0.8s, 0.8s,
+    0.8s, 0.2s) with p=0.8, grayscale p=0.2, blur p=0.5 (off by default at <= 64 px, appendix B.9)."""
+    if blur is None:
+        blur = image_size > SMALL_IMAGE_SIDE
+    return ViewConfig(
+        crop_size=image_size, brightness=0.8 * strength, contrast=0.8 * strength,
+        saturation=0.8 * strength, hue=min(0.2 * strength, 0.5),
+        blur_probability=0.5 if blur else 0.0, mean=tuple(mean), std=tuple(std),
+    )
+
+
+class SimCLR(Method):
     """SimCLR around any backbone that maps images to (B, ``feature_dim``) features.
 
     Args:
@@ -24,6 +66,11 @@ class SimCLR(nn.Module):
         temperature: NT-Xent temperature (paper: 0.5 for CIFAR-10, 0.1 for ImageNet).
         gather_distributed: negatives from all ranks when distributed (the paper's global batch).
     """
+
+    Settings = SimCLRSettings
+    # LARS: lr 0.3 x B/256, weight decay 1e-6 (Chen et al. 2020, sec. B.6 and B.9). SGD and AdamW: the values
+    # of solo-learn's and lightly's CIFAR recipes (the paper uses LARS only).
+    optimizer_defaults = {"lars": (0.3, 1e-6), "sgd": (0.06, 5e-4), "adamw": (1e-3, 1e-6)}
 
     def __init__(
         self,
@@ -40,6 +87,17 @@ class SimCLR(nn.Module):
         self.projector = simclr_projection_head(feature_dim, projection_hidden_dim, projection_dim)
         self.criterion = NTXentLoss(temperature, gather_distributed=gather_distributed)
 
+    @classmethod
+    def from_settings(cls, backbone: nn.Module, settings: SimCLRSettings) -> SimCLR:
+        return cls(backbone, projection_hidden_dim=settings.projection_hidden_dim,
+                   projection_dim=settings.projection_dim, temperature=settings.temperature,
+                   gather_distributed=settings.gather_distributed)
+
+    @classmethod
+    def view_recipes(cls, settings: SimCLRSettings, crop_size: int, mean, std, blur: bool | None):
+        view = simclr_view(crop_size, settings.color_strength, mean, std, blur=blur)
+        return view, view  # one recipe, drawn twice
+
     def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> MethodOutput:
         # One pass over both views, as the paper's code does: BatchNorm sees all 2N views.
         batch = view1.shape[0]
@@ -49,6 +107,3 @@ class SimCLR(nn.Module):
         loss = self.criterion(z1, z2)
         return MethodOutput(loss=loss, features=features[:batch].detach(),
                             embeddings=(z1.detach(), z2.detach()))
-
-    def update_target(self, momentum: float) -> None:
-        """SimCLR has no target network; present so a training loop treats methods alike."""

@@ -96,6 +96,11 @@ class ResNetBackbone(nn.Module):
         return {key: value.detach().clone() for key, value in self.resnet.state_dict().items()}
 
 
+def backbone_config(backbone: ResNetBackbone) -> dict:
+    """What rebuilds ``backbone`` (checkpoints carry it): ``{"name", "cifar_stem", "width"}``."""
+    return {"name": backbone.name, "cifar_stem": backbone.cifar_stem, "width": backbone.width}
+
+
 def build_torchvision_resnet(name: ResNetName, cifar_stem: bool = False, num_classes: int = 1000) -> nn.Module:
     """The plain torchvision model matching a width-1.0 :class:`ResNetBackbone`, ready for its weights."""
     model = getattr(tv_resnet, name)(weights=None, num_classes=num_classes)

@@ -6,7 +6,7 @@ Each module mirrors its PyTorch counterpart:
     augment.py  selfsup.transforms.views   (the same ViewConfig drives both)
     models.py   selfsup.models             (ResNet encoders, projection head)
     losses.py   selfsup.losses.NTXentLoss  (negatives gathered across tf.distribute replicas)
-    optim.py    selfsup.train.optim.LARS, selfsup.train.schedules.warmup_cosine
+    optim.py    selfsup.train.optim.LARS, selfsup.schedules.warmup_cosine
     train.py    pretraining loop; features come out as numpy arrays for selfsup.eval
 
 Import the submodules directly (``from selfsup.tf.train import pretrain_simclr_tf``); this package

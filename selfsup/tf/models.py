@@ -17,7 +17,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from selfsup.transforms.views import SMALL_IMAGE_SIDE
+from selfsup.data.images import SMALL_IMAGE_SIDE
 
 EncoderName = Literal["resnet18", "resnet50"]
 

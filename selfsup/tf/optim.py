@@ -1,5 +1,5 @@
 """LARS and the warmup + cosine schedule as Keras 3 objects, the twins of
-:class:`selfsup.train.optim.LARS` and :func:`selfsup.train.schedules.warmup_cosine`."""
+:class:`selfsup.train.optim.LARS` and :func:`selfsup.schedules.warmup_cosine`."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ class LARS(keras.optimizers.Optimizer):
 
 
 class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
-    """``peak_learning_rate x`` :func:`selfsup.train.schedules.warmup_cosine` (step), in TensorFlow ops:
+    """``peak_learning_rate x`` :func:`selfsup.schedules.warmup_cosine` (step), in TensorFlow ops:
     linear from peak/warmup_steps to peak over ``warmup_steps``, then a cosine decay to
     ``final_factor x peak`` at ``total_steps`` (SimCLR: 10 warmup epochs, cosine to 0)."""
 

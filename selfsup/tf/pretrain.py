@@ -3,22 +3,22 @@ PyTorch loop, trained by :func:`selfsup.tf.train.pretrain_simclr_tf`, evaluated 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from selfsup.config import PretrainConfig, resolve, to_dict
-from selfsup.data.datasets import ImageData, load_image_data
+from selfsup.config import PretrainConfig, resolve
+from selfsup.data.datasets import ImageData, load_image_data, load_test_split, match_classes
 from selfsup.eval.knn import knn_accuracy
 from selfsup.eval.linear import linear_probe_accuracy
-from selfsup.files import atomic_write_text
+from selfsup.files import write_json
+from selfsup.methods import SimCLR, method_class
+from selfsup.settings import to_dict
 from selfsup.tf.train import channel_stats, extract_features_tf, pretrain_simclr_tf
 
 # Settings of PretrainConfig that the TensorFlow loop implements; any other one away from its default is refused.
-_SUPPORTED = {"method", "data", "test_data", "out", "image_size", "backbone", "width", "cifar_stem",
-              "projection_hidden_dim", "projection_dim", "temperature", "gather_distributed", "color_strength",
+_SUPPORTED = {"method", "method_args", "data", "test_data", "out", "image_size", "backbone", "width", "cifar_stem",
               "blur", "epochs", "batch_size", "optimizer", "base_lr", "weight_decay", "warmup_epochs", "seed",
               "progress", "framework", "eval_at_end", "linear_max_iter", "knn_k", "knn_temperature", "report",
               "num_workers", "device", "log_every", "online_probe", "skip_bad_images",
@@ -34,8 +34,9 @@ def _nhwc(data: ImageData) -> np.ndarray:
 
 def pretrain_tensorflow(config: PretrainConfig, log=print) -> dict | None:
     """Train SimCLR in TensorFlow as ``config`` says; write the encoder weights and the kNN / linear table."""
-    if config.method != "simclr":
+    if method_class(config.method) is not SimCLR:
         raise ValueError("setting 'framework': tensorflow implements SimCLR only; use --method simclr")
+    simclr = config.method_args
     defaults = PretrainConfig()
     unsupported = [name for name, value in to_dict(config).items()
                    if name not in _SUPPORTED and value != to_dict(defaults)[name]]
@@ -52,25 +53,25 @@ def pretrain_tensorflow(config: PretrainConfig, log=print) -> dict | None:
     encoder = pretrain_simclr_tf(
         images, epochs=config.epochs, batch_size=config.batch_size, image_size=image_size,
         backbone=config.backbone, width=config.width, cifar_stem=config.cifar_stem,
-        temperature=config.temperature, base_lr=hp.base_lr, weight_decay=hp.weight_decay,
-        warmup_epochs=config.warmup_epochs, color_strength=config.color_strength, blur=config.blur, mean=mean,
-        std=std, projection_hidden_dim=hp.projection_hidden_dim, projection_dim=hp.projection_dim,
-        gather_distributed=config.gather_distributed, seed=config.seed, verbose=1 if config.progress else 0)
+        temperature=simclr.temperature, base_lr=hp.base_lr, weight_decay=hp.weight_decay,
+        warmup_epochs=config.warmup_epochs, color_strength=simclr.color_strength, blur=config.blur, mean=mean,
+        std=std, projection_hidden_dim=simclr.projection_hidden_dim, projection_dim=simclr.projection_dim,
+        gather_distributed=simclr.gather_distributed, seed=config.seed, verbose=1 if config.progress else 0)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     encoder.save_weights(str(out / "encoder.weights.h5"))
-    atomic_write_text(out / "config.json", json.dumps({**to_dict(config), "image_size": image_size,
-                                                      "mean": list(mean), "std": list(std)}, indent=2))
+    write_json(out / "config.json", {**to_dict(config), "image_size": image_size, "mean": list(mean),
+                                     "std": list(std)})
     if not config.eval_at_end or data.labels is None:
         return None
-    test_spec = config.test_data or (config.data if config.data in ("digits", "fashion-mnist") else None)
-    if test_spec is None:
+    test = load_test_split(config.data, config.test_data, config.skip_bad_images)
+    if test is None:
         log("no labelled test data: skipping the kNN / linear table (give --test-data)")
         return None
-    test = load_image_data(test_spec, "test", progress=False)
+    test = match_classes(data, test)
     train_features = torch.from_numpy(extract_features_tf(encoder, images, mean, std, image_size=image_size))
     test_features = torch.from_numpy(extract_features_tf(encoder, _nhwc(test), mean, std, image_size=image_size))
-    num_classes = max(data.num_classes, int(test.labels.max()) + 1)
+    num_classes = data.num_classes
     knn = knn_accuracy(train_features, data.labels, test_features, test.labels, num_classes, config.knn_k,
                        config.knn_temperature)
     linear = linear_probe_accuracy(train_features, data.labels, test_features, test.labels, num_classes,
@@ -78,6 +79,6 @@ def pretrain_tensorflow(config: PretrainConfig, log=print) -> dict | None:
     table = {"knn_top1": round(knn, 2), "linear_top1": round(linear, 2), "framework": "tensorflow",
              "train_data": data.name, "test_data": test.name, "knn_k": config.knn_k,
              "knn_temperature": config.knn_temperature}
-    atomic_write_text(out / "eval.json", json.dumps(table, indent=2))
+    write_json(out / "eval.json", table)
     log(f"TensorFlow SimCLR: kNN {knn:.2f}   linear {linear:.2f}   (written to {out / 'eval.json'})")
     return table

@@ -15,12 +15,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from selfsup.methods.simclr import simclr_view
+from selfsup.schedules import scaled_learning_rate
 from selfsup.tf.augment import augment_view, eval_preprocess
 from selfsup.tf.losses import nt_xent_loss
 from selfsup.tf.models import EncoderName, build_encoder, simclr_projection_head
 from selfsup.tf.optim import LARS, WarmupCosine
-from selfsup.train.schedules import scaled_learning_rate
-from selfsup.transforms.views import ViewConfig, simclr_view
+from selfsup.transforms.views import ViewConfig
 
 
 class SimCLRModel(keras.Model):

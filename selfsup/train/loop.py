@@ -1,17 +1,18 @@
-"""Pretraining: data -> two views -> method -> loss -> optimizer, with checkpoints, logs and evaluation.
+"""Pretraining's training loop: batches of two views -> :class:`TrainingStep`, with checkpoints, exact resume,
+metrics and an online probe. Evaluation and the report come after it, in :mod:`selfsup.pipeline`.
 
-Plain PyTorch rather than a trainer framework: the step is short enough to read here, and owning it
-keeps resume exact (every random draw is a function of seed, epoch and batch; see selfsup.data.loading).
+Plain PyTorch rather than a trainer framework: owning the loop keeps resume exact (every random draw is a
+function of seed, epoch and batch; see selfsup.data.loading). The loop never tests a method's name: it asks
+the method (:mod:`selfsup.methods.base`) for its views, parameter groups and momentum rule.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 import signal
 import time
-from contextlib import nullcontext
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,29 +20,23 @@ import torch
 from torch import nn
 
 from selfsup import dist
-from selfsup.config import PretrainConfig, resolve, to_dict
-from selfsup.data.datasets import ImageData, load_image_data
+from selfsup.checkpoints import checkpoint_path, list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
+from selfsup.config import PretrainConfig, changed_settings, resolve
+from selfsup.data.datasets import ImageData
 from selfsup.data.loading import FileTwoViewBatches, InMemoryTwoViewBatches, PerImageTwoViews
-from selfsup.eval.monitors import collapse_warning, embedding_monitors
-from selfsup.eval.pretrained import backbone_config
-from selfsup.methods import BYOL, SimCLR, cosine_momentum
-from selfsup.models import ResNetBackbone
-from selfsup.train.checkpoint import (
-    atomic_write_text,
-    checkpoint_path,
-    list_checkpoints,
-    load_checkpoint,
-    prune_checkpoints,
-    save_checkpoint,
-)
-from selfsup.train.logging import MetricsLog
-from selfsup.train.optim import build_optimizer
-from selfsup.train.schedules import scaled_learning_rate, warmup_cosine
-from selfsup.transforms.views import IMAGENET_MEAN, IMAGENET_STD, TwoViewTransform, byol_views, simclr_view
+from selfsup.devices import resolve_device
+from selfsup.files import atomic_write_text, write_json
+from selfsup.methods import Method, method_class
+from selfsup.models import ResNetBackbone, backbone_config
+from selfsup.monitors import collapse_warning
+from selfsup.schedules import scaled_learning_rate
+from selfsup.settings import to_dict
+from selfsup.train.metrics_log import MetricsLog
+from selfsup.train.optim import build_optimizer, build_scheduler
+from selfsup.train.step import NonFiniteLossError, TrainingStep
+from selfsup.transforms.views import IMAGENET_MEAN, IMAGENET_STD, TwoViewTransform, view_transform
 
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the message gives the step, the learning rate and likely causes."""
+Log = Callable[[str], None]
 
 
 class TrainingInterrupted(RuntimeError):
@@ -49,18 +44,29 @@ class TrainingInterrupted(RuntimeError):
 
 
 @dataclass
-class PretrainResult:
+class TrainedRun:
+    """What training left: the method (its backbone the encoder), the step reached, the newest checkpoint, and
+    what evaluation needs to see the images as training did."""
+
     out_dir: Path
+    method: Method
     backbone: ResNetBackbone
     steps: int
     checkpoint: Path | None
-    table: dict | None
+    device: torch.device
+    image_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    embedding_dim: int | None
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda", dist.local_rank()) if torch.cuda.is_available() else torch.device("cpu")
-    return torch.device(name)
+def start_processes(config: PretrainConfig) -> torch.device:
+    """The run's device; joins the process group that torchrun describes, if any."""
+    device = resolve_device(config.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_from_environment(device.type)
+    return device
 
 
 def channel_stats(data: ImageData) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -83,26 +89,15 @@ def build_backbone(config: PretrainConfig, image_size: int) -> ResNetBackbone:
     return ResNetBackbone(config.backbone, cifar_stem=cifar_stem, width=config.width)
 
 
-def build_method(config: PretrainConfig, backbone: nn.Module) -> BYOL | SimCLR:
-    hp = resolve(config)
-    if config.method == "byol":
-        return BYOL(backbone, projection_hidden_dim=hp.projection_hidden_dim, projection_dim=hp.projection_dim,
-                    prediction_hidden_dim=config.prediction_hidden_dim)
-    return SimCLR(backbone, projection_hidden_dim=hp.projection_hidden_dim, projection_dim=hp.projection_dim,
-                  temperature=config.temperature, gather_distributed=config.gather_distributed)
-
-
-def _two_view_recipes(config: PretrainConfig, image_size: int, mean, std):
-    if config.method == "simclr":
-        first = second = simclr_view(image_size, config.color_strength, mean, std, blur=config.blur)
-    else:
-        first, second = byol_views(image_size, mean, std, blur=config.blur)
-    crop_scale = (config.crop_min_scale, 1.0)
-    return dataclasses.replace(first, crop_scale=crop_scale), dataclasses.replace(second, crop_scale=crop_scale)
+def build_method(config: PretrainConfig, backbone: nn.Module) -> Method:
+    return method_class(config.method).from_settings(backbone, config.method_args)
 
 
 def build_batches(config: PretrainConfig, data: ImageData, crop_size: int, mean, std, device: torch.device):
-    first, second = _two_view_recipes(config, crop_size, mean, std)
+    """The epoch's batches of two views, by the method's view recipes; augmented on the device when the images
+    are in memory, by DataLoader workers when they stream from disk."""
+    recipes = method_class(config.method).view_recipes(config.method_args, crop_size, mean, std, config.blur)
+    first, second = (dataclasses.replace(view, crop_scale=(config.crop_min_scale, 1.0)) for view in recipes)
     rank, world = dist.rank(), dist.world_size()
     if data.in_memory:
         try:
@@ -110,12 +105,8 @@ def build_batches(config: PretrainConfig, data: ImageData, crop_size: int, mean,
 
             two_views = BatchedTwoViews(BatchedViewAugment(first), BatchedViewAugment(second)).to(device)
         except ImportError:  # the per-image pipeline computes the same distributions, only slower
-            from selfsup.transforms.views import view_transform
-
             two_views = PerImageTwoViews(TwoViewTransform(view_transform(first), view_transform(second)))
         return InMemoryTwoViewBatches(data, two_views, config.batch_size, config.seed, device, rank, world)
-    from selfsup.transforms.views import view_transform
-
     transform = TwoViewTransform(view_transform(first), view_transform(second))
     return FileTwoViewBatches(data, transform, config.batch_size, config.seed, device, config.num_workers,
                               rank, world, config.skip_bad_images)
@@ -151,24 +142,32 @@ class _StopSignals:
             signal.signal(sig, handler)
 
 
-def pretrain(config: PretrainConfig, resume: str | Path | None = None, log=print) -> PretrainResult:
-    """Run pretraining as ``config`` says; ``resume`` a checkpoint file, or "auto" for the newest in out/."""
-    device = resolve_device(config.device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    dist.init_from_environment(device.type)
-    world = dist.world_size()
-    is_main = dist.is_main_process()
+def _check_resumable(state: dict, config: PretrainConfig, image_size: int, resume: str | Path) -> None:
+    """A checkpoint made with other settings would restore a state that means something else: refuse it."""
+    changes = changed_settings(state["config"], config)
+    if state.get("image_size") != image_size:
+        changes.append(("image_size", state.get("image_size"), image_size))
+    if changes:
+        name, saved, current = changes[0]
+        more = f" (and {', '.join(c[0] for c in changes[1:])})" if len(changes) > 1 else ""
+        raise ValueError(f"cannot resume from {resume}: it was trained with {name}={saved!r}, this run has "
+                         f"{name}={current!r}{more}")
+
+
+def train(config: PretrainConfig, data: ImageData, device: torch.device, resume: str | Path | None = None,
+          log: Log = print, epoch_end: Callable[[int, TrainedRun], dict] | None = None) -> TrainedRun:
+    """Train ``config.method`` on ``data``; ``resume`` a checkpoint file, or "auto" for the newest in out/.
+
+    ``epoch_end(epoch, run)``, called on the main process after each epoch (counted from 1), returns figures for
+    that epoch's row of the metrics (the pipeline's kNN check).
+    """
+    world, is_main = dist.world_size(), dist.is_main_process()
     log = log if is_main else (lambda *_: None)
     if config.batch_size % world:
         raise ValueError(f"setting 'batch_size' ({config.batch_size}) must be divisible by the number of "
                          f"processes ({world})")
     out_dir = Path(config.out)
     checkpoint_dir = out_dir / "checkpoints"
-
-    data = load_image_data(config.data, "train", config.skip_bad_images, progress=config.progress and is_main)
-    if data.skipped:
-        log(f"skipped {len(data.skipped)} bad image(s); listed in {out_dir / 'skipped_images.txt'}")
     image_size = auto_image_size(config, data)
     mean, std = channel_stats(data)
 
@@ -178,8 +177,7 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None, log=print
     if world > 1 and config.sync_batchnorm:
         method = dist.convert_sync_batchnorm(method, device)  # online and target networks alike
     channels_last = config.channels_last if config.channels_last is not None else device.type == "cuda"
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    method = method.to(device, memory_format=memory_format)
+    method = method.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     model = method
     if world > 1:
         model = nn.parallel.DistributedDataParallel(
@@ -193,16 +191,14 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None, log=print
     total_steps = config.epochs * steps_per_epoch
     last_step = min(total_steps, config.max_steps) if config.max_steps else total_steps
     warmup_steps = min(round(config.warmup_epochs * steps_per_epoch), total_steps)
-    hp = resolve(config)
-    peak_lr = scaled_learning_rate(hp.base_lr, config.batch_size)
-    predictor_lr_multiplier = config.predictor_lr_multiplier if config.method == "byol" else 1.0  # SimCLR has none
-    optimizer = build_optimizer(config.optimizer, method, peak_lr, hp.weight_decay,
-                                predictor_lr_multiplier=predictor_lr_multiplier,
+    hyper = resolve(config)
+    peak_lr = scaled_learning_rate(hyper.base_lr, config.batch_size)
+    optimizer = build_optimizer(config.optimizer, method.learnable_parameters(), peak_lr, hyper.weight_decay,
                                 lars_trust_coefficient=config.lars_trust_coefficient, lars_clip=config.lars_clip)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total_steps, warmup_steps))
-    scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision)
-
+    training_step = TrainingStep(method, optimizer, build_scheduler(optimizer, total_steps, warmup_steps),
+                                 total_steps, model=model, precision=config.precision, grad_clip=config.grad_clip,
+                                 channels_last=channels_last, on_nonfinite=config.on_nonfinite,
+                                 device_type=device.type)
     probe = probe_optimizer = None
     if config.online_probe and data.labels is not None and data.num_classes >= 2:
         # BatchNorm without affine standardises the features, whose scale drifts while the backbone learns.
@@ -212,26 +208,19 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None, log=print
             probe = dist.convert_sync_batchnorm(probe, device)  # the global batch's statistics, as one process
         probe_optimizer = torch.optim.AdamW(probe.parameters(), lr=1e-2, weight_decay=0.0)
 
+    run = TrainedRun(out_dir=out_dir, method=method, backbone=backbone, steps=0, checkpoint=None, device=device,
+                     image_size=image_size, mean=mean, std=std, embedding_dim=None)
     step = 0
-    if resume is not None:
-        if str(resume) == "auto":
-            found = list_checkpoints(checkpoint_dir)
-            resume = dist.broadcast_object(found[-1] if found else None)  # every rank loads rank 0's pick
+    if resume is not None and str(resume) == "auto":
+        found = list_checkpoints(checkpoint_dir)
+        resume = dist.broadcast_object(found[-1] if found else None)  # every rank loads rank 0's pick
     if resume is not None:
         state = load_checkpoint(resume, map_location=device)
-        # The optimizer's settings travel in its state dict and would silently override this run's.
-        before_the_settings = {"predictor_lr_multiplier": 1.0, "lars_trust_coefficient": 0.001, "lars_clip": False}
-        saved_config = before_the_settings | state["config"]
-        for key in ("method", "backbone", "image_size", *before_the_settings):
-            saved = saved_config.get(key) if key != "image_size" else state.get("image_size")
-            current = getattr(config, key) if key != "image_size" else image_size
-            if saved != current:
-                raise ValueError(f"cannot resume from {resume}: it was trained with {key}={saved!r}, "
-                                 f"this run has {key}={current!r}")
+        _check_resumable(state, config, image_size, resume)
         method.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        training_step.scheduler.load_state_dict(state["scheduler"])
+        training_step.scaler.load_state_dict(state["scaler"])
         if probe is not None and "probe" in state:
             probe.load_state_dict(state["probe"])
             probe_optimizer.load_state_dict(state["probe_optimizer"])
@@ -253,9 +242,9 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None, log=print
         if not is_main:
             return None
         state = {"model": method.state_dict(), "optimizer": optimizer.state_dict(),
-                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": at_step,
-                 "epoch": at_step // steps_per_epoch, "config": to_dict(config), "image_size": image_size,
-                 "mean": list(mean), "std": list(std), "rng": _rng_state(),
+                 "scheduler": training_step.scheduler.state_dict(), "scaler": training_step.scaler.state_dict(),
+                 "step": at_step, "epoch": at_step // steps_per_epoch, "config": to_dict(config),
+                 "image_size": image_size, "mean": list(mean), "std": list(std), "rng": _rng_state(),
                  "backbone": backbone.state_dict(), "backbone_config": backbone_config(backbone),
                  "classes": data.classes or []}
         if probe is not None:
@@ -269,8 +258,7 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None, log=print
     metrics = MetricsLog(out_dir / "metrics.jsonl", resume_step=step if resume is not None else None) \
         if is_main else None
     if is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out_dir / "config.json", json.dumps(to_dict(config), indent=2))
+        write_json(out_dir / "config.json", to_dict(config))
         if data.skipped:
             atomic_write_text(out_dir / "skipped_images.txt", "".join(f"{p}\t{why}\n" for p, why in data.skipped))
     crops = f" (views of {crop_size} px)" if crop_size != image_size else ""
@@ -279,9 +267,9 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None, log=print
 
     model.train()
     last_checkpoint = None
+    embedding_dim = None
     window_images, window_start = 0, time.perf_counter()
-    probe_correct = probe_seen = 0
-    skipped_steps = 0
+    probe_correct = probe_seen = skipped_steps = 0
     warned_collapse = False
     progress_bar = None
     with _StopSignals() as stop:
@@ -289,52 +277,25 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None, log=print
         for epoch in range(start_epoch, config.epochs):
             if step >= last_step:
                 break
+            first_batch = start_batch if epoch == start_epoch else 0
             if is_main and config.progress:
                 from tqdm import tqdm
-                progress_bar = tqdm(total=steps_per_epoch, initial=start_batch if epoch == start_epoch else 0,
-                                    desc=f"epoch {epoch + 1}/{config.epochs}", unit="step", leave=False)
-            for view1, view2, labels in batches.epoch(epoch, start_batch if epoch == start_epoch else 0):
-                lr = optimizer.param_groups[0]["lr"]
-                momentum = cosine_momentum(step, total_steps, config.momentum_base)
-                if channels_last:
-                    view1 = view1.contiguous(memory_format=torch.channels_last)
-                    view2 = view2.contiguous(memory_format=torch.channels_last)
-                # The forward pass updates BatchNorm's running statistics: a skipped step puts them back, else
-                # one NaN batch leaves NaN statistics (and NaN features at evaluation) for good.
-                saved_buffers = [b.detach().clone() for b in method.buffers()] \
-                    if config.on_nonfinite == "skip" else None
-                with torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext():
-                    output = model(view1, view2)
-                loss = output.loss
-                # Judged on the mean over ranks, so that a NaN on any rank skips the step on all of them.
-                if not torch.isfinite(dist.all_reduce_mean(loss.detach())):
-                    message = (f"loss is {loss.item()} at step {step} (epoch {epoch + 1}, lr {lr:.4g}). Likely "
-                               "causes: a learning rate too high for this batch size, fp16 overflow (try "
-                               "precision bf16 or fp32), or corrupt input images.")
-                    if config.on_nonfinite == "stop":
-                        raise NonFiniteLossError(message + last_good_checkpoint())
-                    log("skipping step: " + message)
-                    with torch.no_grad():
-                        for buffer, saved in zip(method.buffers(), saved_buffers):
-                            buffer.copy_(saved)
-                    optimizer.zero_grad(set_to_none=True)
+                progress_bar = tqdm(total=steps_per_epoch, initial=first_batch, desc=f"epoch {epoch + 1}/"
+                                    f"{config.epochs}", unit="step", leave=False)
+            for view1, view2, labels in batches.epoch(epoch, first_batch):
+                try:
+                    result = training_step(view1, view2, step, epoch)
+                except NonFiniteLossError as error:
+                    raise NonFiniteLossError(f"{error}{last_good_checkpoint()}") from None
+                step += 1
+                if result.skipped:
+                    log(f"skipping step: {result.message}")
                     skipped_steps += 1
-                    scheduler.step()
-                    step += 1
                     if step >= last_step:
                         break
                     continue
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if config.grad_clip:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(method.parameters(), config.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                method.update_target(momentum)
-                step += 1
-
+                output = result.output
+                embedding_dim = output.embeddings[0].shape[-1]
                 if probe is not None and labels is not None:
                     logits = probe(output.features.float())
                     probe_loss = nn.functional.cross_entropy(logits, labels)
@@ -349,22 +310,18 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None, log=print
                 if progress_bar is not None:
                     progress_bar.update(1)
                 if step % config.log_every == 0 or step == last_step:
-                    loss_value = dist.all_reduce_mean(loss.detach()).item()
                     elapsed = time.perf_counter() - window_start
-                    row = {"step": step, "epoch": epoch + 1, "loss": round(loss_value, 6), "lr": lr,
+                    row = {"step": step, "epoch": epoch + 1, **training_step.monitors(result),
                            "images_per_s": round(window_images / max(elapsed, 1e-9), 1)}
-                    if config.method == "byol":
-                        row["momentum"] = momentum
-                    row.update(_embedding_monitors(output.embeddings))
-                    warning = collapse_warning(row, dim=hp.projection_dim)
+                    warning = collapse_warning(row, dim=embedding_dim)
                     if warning and not warned_collapse:
                         log(f"warning at step {step}: {warning}")
                         warned_collapse = True
                     if metrics is not None:
                         metrics.write(row)
                     if progress_bar is not None:
-                        progress_bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.3g}",
-                                                 **({"m": f"{momentum:.4f}"} if config.method == "byol" else {}),
+                        momentum = {"m": f"{row['momentum']:.4f}"} if "momentum" in row else {}
+                        progress_bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.3g}", **momentum,
                                                  img_s=f"{row['images_per_s']:.0f}")
                     window_images, window_start = 0, time.perf_counter()
                 if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
@@ -384,8 +341,8 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None, log=print
                     torch.tensor([probe_correct, probe_seen], dtype=torch.float64, device=device)).tolist()
                 epoch_row["online_probe_top1"] = round(100.0 * probe_correct / probe_seen, 2)
                 probe_correct = probe_seen = 0
-            if config.knn_every and (epoch + 1) % config.knn_every == 0 and is_main:
-                epoch_row["knn_top1"] = _quick_knn(config, backbone, data, image_size, mean, std, device)
+            if epoch_end is not None and is_main:
+                epoch_row.update(epoch_end(epoch + 1, run))
             if is_main and len(epoch_row) > 2:
                 metrics.write(epoch_row)
                 log("  ".join(f"{k} {v}" for k, v in epoch_row.items()))
@@ -395,78 +352,5 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None, log=print
         metrics.close()
     if skipped_steps:
         log(f"{skipped_steps} step(s) skipped for a non-finite loss")
-
-    table = None
-    if is_main:
-        atomic_write_text(out_dir / "backbone_config.json", json.dumps(
-            {**backbone_config(backbone), "image_size": image_size, "mean": list(mean), "std": list(std)}))
-        save_checkpoint({"backbone": backbone.state_dict(), "backbone_config": backbone_config(backbone),
-                         "image_size": image_size, "mean": list(mean), "std": list(std)},
-                        out_dir / "backbone.pt")
-        test_features = test = None
-        if config.eval_at_end and data.labels is not None:
-            table, test_features, test = _final_evaluation(config, backbone, data, image_size, mean, std, device,
-                                                           log)
-            if table is not None:
-                atomic_write_text(out_dir / "eval.json", json.dumps(table, indent=2))
-        if config.report:
-            from selfsup.report import write_pretrain_report
-            from selfsup.train.logging import read_metrics
-
-            report = write_pretrain_report(
-                out_dir, read_metrics(out_dir / "metrics.jsonl"), table,
-                embeddings=test_features.numpy() if test_features is not None else None,
-                labels=test.labels.numpy() if test is not None else None,
-                embedding_dim=hp.projection_dim, class_names=data.classes, title=f"{config.method} on {data.name}")
-            log(f"report: {report}")
-    dist.barrier()
-    return PretrainResult(out_dir=out_dir, backbone=backbone, steps=step, checkpoint=last_checkpoint, table=table)
-
-
-def _embedding_monitors(embeddings: tuple[torch.Tensor, torch.Tensor]) -> dict:
-    return {k: round(float(v), 5) for k, v in embedding_monitors(*embeddings).items()}
-
-
-def _test_split(config: PretrainConfig, data: ImageData) -> ImageData | None:
-    if config.test_data is not None:
-        return load_image_data(config.test_data, "test", config.skip_bad_images, progress=False)
-    if config.data in ("digits", "fashion-mnist"):
-        return load_image_data(config.data, "test")
-    return None
-
-
-def _quick_knn(config, backbone, data, image_size, mean, std, device) -> float | None:
-    from selfsup.eval.features import extract_features
-    from selfsup.eval.knn import knn_accuracy
-
-    test = _test_split(config, data)
-    if test is None or test.labels is None:
-        return None
-    train_features = extract_features(backbone, data, image_size, mean, std, device=device,
-                                      num_workers=config.num_workers)
-    test_features = extract_features(backbone, test, image_size, mean, std, device=device,
-                                     num_workers=config.num_workers)
-    return round(knn_accuracy(train_features, data.labels, test_features, test.labels,
-                              max(data.num_classes, 2), config.knn_k, config.knn_temperature), 2)
-
-
-def _final_evaluation(config, backbone, data, image_size, mean, std, device, log):
-    """The kNN / linear table on the test split, and the test features (for the embedding map)."""
-    from selfsup.eval.features import extract_features
-    from selfsup.eval.table import evaluation_table, format_table
-
-    if data.labels is not None and data.num_classes < 2:
-        log(f"{data.name} has {data.num_classes} class: skipping the kNN / linear table, which needs at least 2")
-        return None, None, None
-    test = _test_split(config, data)
-    if test is None or test.labels is None or data.num_classes < 2:
-        log("no labelled test data: skipping the kNN / linear table (give --test-data)")
-        return None, None, None
-    log(f"evaluating on {test.name} (kNN k={config.knn_k}, T={config.knn_temperature}; linear probe)")
-    features = tuple(extract_features(backbone, d, image_size, mean, std, device=device,
-                                      num_workers=config.num_workers) for d in (data, test))
-    table = evaluation_table(backbone, data, test, image_size, mean, std, config.knn_k, config.knn_temperature,
-                             linear_max_iter=config.linear_max_iter, device=device, seed=config.seed,
-                             num_workers=config.num_workers, log=lambda *_: None, pretrained_features=features)
-    log(format_table(table))
-    return table, features[1], test
+    run.steps, run.checkpoint, run.embedding_dim = step, last_checkpoint, embedding_dim
+    return run

@@ -8,25 +8,35 @@ from typing import Literal
 import torch
 from torch import nn
 
+from selfsup.schedules import warmup_cosine
+
 OptimizerName = Literal["lars", "sgd", "adamw"]
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: weights (decayed, LARS-adapted) and biases + normalization parameters (neither).
+def parameter_groups(model: nn.Module | list[dict], weight_decay: float, lr: float | None = None) -> list[dict]:
+    """Each group split in two: weights (decayed, LARS-adapted) and biases + normalization parameters (neither).
+
+    ``model`` is a module (one group of its trainable parameters) or a method's groups
+    (:meth:`selfsup.methods.Method.learnable_parameters`: dicts with ``params`` and optionally ``lr_multiplier``
+    and ``scheduled``); with ``lr`` given, each group's rate is ``lr`` times its multiplier.
 
     Biases and BatchNorm/LayerNorm parameters are every parameter with one dimension, as in SimCLR's
     and BYOL's code (both exclude them from weight decay and from the LARS trust ratio).
     Frozen parameters (a BYOL target network) are left out.
     """
-    decayed, excluded = [], []
-    for parameter in model.parameters():
-        if not parameter.requires_grad:
-            continue
-        (excluded if parameter.ndim <= 1 else decayed).append(parameter)
-    return [
-        {"params": decayed, "weight_decay": weight_decay, "lars_exclude": False},
-        {"params": excluded, "weight_decay": 0.0, "lars_exclude": True},
-    ]
+    groups = [{"params": list(model.parameters())}] if isinstance(model, nn.Module) else model
+    split = []
+    for group in groups:
+        extra = {key: value for key, value in group.items() if key not in ("params", "lr_multiplier")}
+        if lr is not None:
+            extra["lr"] = lr * group.get("lr_multiplier", 1.0)
+        trainable = [p for p in group["params"] if p.requires_grad]
+        split += [{"params": [p for p in trainable if p.ndim > 1], "weight_decay": weight_decay,
+                   "lars_exclude": False, **extra},
+                  {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0, "lars_exclude": True,
+                   **extra}]
+    # Empty groups are dropped, except in the plain case, whose two groups callers index.
+    return split if isinstance(model, nn.Module) else [group for group in split if group["params"]]
 
 
 class LARS(torch.optim.Optimizer):
@@ -113,31 +123,16 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-def build_optimizer(name: OptimizerName, model: nn.Module, lr: float, weight_decay: float,
-                    momentum: float = 0.9, predictor_lr_multiplier: float = 1.0,
-                    lars_trust_coefficient: float = 0.001, lars_clip: bool = False) -> torch.optim.Optimizer:
-    """LARS, SGD (momentum, Nesterov off) or AdamW over :func:`parameter_groups` of ``model``.
+def build_optimizer(name: OptimizerName, model: nn.Module | list[dict], lr: float, weight_decay: float,
+                    momentum: float = 0.9, lars_trust_coefficient: float = 0.001,
+                    lars_clip: bool = False) -> torch.optim.Optimizer:
+    """LARS, SGD (momentum, Nesterov off) or AdamW over :func:`parameter_groups` of ``model``: a module, or a
+    method's own groups (``method.learnable_parameters()``, e.g. BYOL's predictor at a multiple of the rate).
 
-    ``lars_trust_coefficient`` and ``lars_clip``: :class:`LARS`'s ``trust_coefficient`` and ``clip``.
-
-    ``predictor_lr_multiplier``: the learning rate of ``model.predictor`` (BYOL's) relative to the rest, as
-    its own groups; the schedule scales every group alike. BYOL's analysis (Grill et al. 2020, sec. 3.2) is
-    that the moving average works by keeping the predictor near-optimal; SimSiam (Chen and He 2021, sec. 4.2)
-    keeps the predictor's learning rate from decaying for the same reason. A faster predictor is the same idea.
-    Under ``lars_clip`` the learning rate is only the cap of a layer's step, so the multiplier lifts the cap.
+    ``lars_trust_coefficient`` and ``lars_clip``: :class:`LARS`'s ``trust_coefficient`` and ``clip``. Under
+    ``lars_clip`` the learning rate is only the cap of a layer's step, so a group's multiplier lifts the cap.
     """
-    groups = parameter_groups(model, weight_decay)
-    if predictor_lr_multiplier != 1.0:
-        predictor = getattr(model, "predictor", None)
-        if not isinstance(predictor, nn.Module):
-            raise ValueError("predictor_lr_multiplier needs a model with a 'predictor' (BYOL)")
-        in_predictor = {id(p) for p in predictor.parameters()}
-        split = []
-        for group in groups:
-            rest = [p for p in group["params"] if id(p) not in in_predictor]
-            own = [p for p in group["params"] if id(p) in in_predictor]
-            split += [dict(group, params=rest), dict(group, params=own, lr=lr * predictor_lr_multiplier)]
-        groups = [group for group in split if group["params"]]
+    groups = parameter_groups(model, weight_decay, lr=lr)
     if name == "lars":
         return LARS(groups, lr=lr, momentum=momentum, weight_decay=weight_decay,
                     trust_coefficient=lars_trust_coefficient, clip=lars_clip)
@@ -148,3 +143,17 @@ def build_optimizer(name: OptimizerName, model: nn.Module, lr: float, weight_dec
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer {name!r}; choose one of lars, sgd, adamw")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int,
+                    warmup_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup then cosine decay (:func:`selfsup.schedules.warmup_cosine`) of every group's rate, except
+    the groups marked ``scheduled: False``, which keep their peak rate (SimSiam's predictor)."""
+    def schedule(step: int) -> float:
+        return warmup_cosine(step, total_steps, warmup_steps)
+
+    def constant(step: int) -> float:
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, [schedule if group.get("scheduled", True) else constant for group in optimizer.param_groups])

@@ -1,4 +1,4 @@
-"""Augmentation: SimCLR's and BYOL's view recipes, per image (PIL / uint8) and batched on device."""
+"""Augmentation of one view (a ViewConfig), per image (PIL / uint8) and batched on the training device."""
 
 from selfsup.transforms.batched import BatchedTwoViews, BatchedViewAugment, ViewParameters
 from selfsup.transforms.views import (
@@ -8,9 +8,7 @@ from selfsup.transforms.views import (
     IMAGENET_STD,
     TwoViewTransform,
     ViewConfig,
-    byol_views,
     eval_transform,
-    simclr_view,
     view_transform,
 )
 
@@ -24,8 +22,6 @@ __all__ = [
     "TwoViewTransform",
     "ViewConfig",
     "ViewParameters",
-    "byol_views",
     "eval_transform",
-    "simclr_view",
     "view_transform",
 ]

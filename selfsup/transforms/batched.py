@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from selfsup.transforms.views import ViewConfig, byol_views, simclr_view
+from selfsup.transforms.views import ViewConfig
 
 # ITU-R 601-2 luma, the weights of torchvision's rgb_to_grayscale.
 _LUMA = (0.2989, 0.587, 0.114)
@@ -197,15 +197,6 @@ class BatchedTwoViews(nn.Module):
                       for view in (self.first, self.second)]
         first, second = (p.rows(first_row, first_row + batch).to(images.device) for p in parameters)
         return self.first.apply(images, first), self.second.apply(images, second)
-
-    @classmethod
-    def simclr(cls, image_size: int, **kwargs) -> BatchedTwoViews:
-        return cls(BatchedViewAugment(simclr_view(image_size, **kwargs)))
-
-    @classmethod
-    def byol(cls, image_size: int, **kwargs) -> BatchedTwoViews:
-        first, second = byol_views(image_size, **kwargs)
-        return cls(BatchedViewAugment(first), BatchedViewAugment(second))
 
 
 def _check_images(images: torch.Tensor) -> None:

@@ -1,5 +1,6 @@
-"""The augmentation recipes of SimCLR and BYOL: one :class:`ViewConfig` per view, and a per-image
-pipeline (torchvision ``transforms.v2``) that works on PIL images and on uint8 tensors (C, H, W).
+"""One view's augmentation as a :class:`ViewConfig`, and its per-image pipeline (torchvision
+``transforms.v2``), which works on PIL images and on uint8 tensors (C, H, W). The methods' recipes (SimCLR's
+symmetric pair, BYOL's asymmetric one) live with their methods in :mod:`selfsup.methods`.
 
 Every random parameter is defined once, here, in full words; the batched on-device augmentation
 (:mod:`selfsup.transforms.batched`) reads the same :class:`ViewConfig`.
@@ -16,9 +17,6 @@ from torchvision.transforms import v2
 # Channel statistics of the CIFAR-10 training set and of ImageNet (the usual published values).
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-# SimCLR's CIFAR-10 setup drops the blur (Chen et al. 2020, appendix B.9): at 32 px it only erases detail.
-SMALL_IMAGE_SIDE = 64
 
 
 @dataclass(frozen=True)
@@ -73,33 +71,6 @@ class ViewConfig:
         As SimCLR's code (``data_util.random_blur``): ``side // 10`` made odd by ``2 * (k // 2) + 1``.
         """
         return max(3, 2 * (self.crop_size // 10 // 2) + 1)
-
-
-def simclr_view(image_size: int, strength: float = 1.0, mean=CIFAR10_MEAN, std=CIFAR10_STD,
-                blur: bool | None = None) -> ViewConfig:
-    """SimCLR's augmentation (Chen et al. 2020, appendix A): crop 0.08-1, flip, jitter (0.8s, 0.8s,
-    0.8s, 0.2s) with p=0.8, grayscale p=0.2, blur p=0.5 (off by default at <= 64 px, appendix B.9)."""
-    if blur is None:
-        blur = image_size > SMALL_IMAGE_SIDE
-    return ViewConfig(
-        crop_size=image_size, brightness=0.8 * strength, contrast=0.8 * strength,
-        saturation=0.8 * strength, hue=min(0.2 * strength, 0.5),
-        blur_probability=0.5 if blur else 0.0, mean=tuple(mean), std=tuple(std),
-    )
-
-
-def byol_views(image_size: int, mean=CIFAR10_MEAN, std=CIFAR10_STD,
-               blur: bool | None = None) -> tuple[ViewConfig, ViewConfig]:
-    """BYOL's asymmetric pair (Grill et al. 2020, table 6): jitter (0.4, 0.4, 0.2, 0.1) p=0.8,
-    grayscale p=0.2; blur p=1.0 / 0.1; solarize p=0.0 / 0.2. As for SimCLR, blur is off by default
-    at <= 64 px (solo-learn's and lightly's CIFAR recipes do the same)."""
-    if blur is None:
-        blur = image_size > SMALL_IMAGE_SIDE
-    common = dict(crop_size=image_size, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1,
-                  mean=tuple(mean), std=tuple(std))
-    first = ViewConfig(**common, blur_probability=1.0 if blur else 0.0, solarize_probability=0.0)
-    second = ViewConfig(**common, blur_probability=0.1 if blur else 0.0, solarize_probability=0.2)
-    return first, second
 
 
 class _ToRGBImage(v2.Transform):
@@ -166,12 +137,3 @@ class TwoViewTransform:
 
     def __call__(self, image):
         return self.first(image), self.second(image)
-
-    @classmethod
-    def simclr(cls, image_size: int, **kwargs) -> TwoViewTransform:
-        return cls(view_transform(simclr_view(image_size, **kwargs)))
-
-    @classmethod
-    def byol(cls, image_size: int, **kwargs) -> TwoViewTransform:
-        first, second = byol_views(image_size, **kwargs)
-        return cls(view_transform(first), view_transform(second))

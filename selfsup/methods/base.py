@@ -1,0 +1,59 @@
+"""The method contract: what the training loop, the configuration and the command line ask of a method.
+
+A method is one file in ``selfsup/methods/`` holding a subclass of :class:`Method` and its settings, and one
+line in :data:`selfsup.methods.METHODS`. The loop never tests a method's name; it asks the method:
+
+- ``Settings``: a frozen dataclass of the method's own options (head sizes, temperature, momentum, ...), each
+  field with a comment that becomes its flag's help line; ``from_settings(backbone, settings)`` builds it;
+- ``optimizer_defaults``: the paper's base learning rate (per 256 images) and weight decay per optimizer;
+- ``view_recipes(settings, crop_size, mean, std, blur)``: the :class:`ViewConfig` of each of its two views;
+- ``forward(view1, view2) -> MethodOutput``;
+- ``learnable_parameters()``: its optimizer parameter groups (e.g. a predictor at its own learning rate);
+- ``momentum_at(step, total_steps)`` and ``update_target(momentum)``: its target network's rule, if any.
+
+Anything kept in buffers (a queue, a center) travels in the checkpoint with the weights.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from selfsup.methods.output import MethodOutput
+from selfsup.transforms.views import ViewConfig
+
+
+class Method(nn.Module):
+    """Base of every method: the hooks' defaults (one parameter group, no target network)."""
+
+    Settings: ClassVar[type]
+    # optimizer name -> (base learning rate per 256 images, weight decay), the paper's values with citations.
+    optimizer_defaults: ClassVar[dict[str, tuple[float, float]]]
+
+    @classmethod
+    def from_settings(cls, backbone: nn.Module, settings: Any) -> Method:
+        raise NotImplementedError(f"{cls.__name__}.from_settings")
+
+    @classmethod
+    def view_recipes(cls, settings: Any, crop_size: int, mean: tuple[float, ...], std: tuple[float, ...],
+                     blur: bool | None) -> tuple[ViewConfig, ViewConfig]:
+        raise NotImplementedError(f"{cls.__name__}.view_recipes")
+
+    def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> MethodOutput:
+        raise NotImplementedError(f"{type(self).__name__}.forward")
+
+    def learnable_parameters(self) -> list[dict[str, Any]]:
+        """Parameter groups for the optimizer: dicts with ``params``, and optionally ``lr_multiplier`` (times
+        the scheduled learning rate; default 1) and ``scheduled`` (False: the peak rate throughout, as
+        SimSiam's predictor). Frozen parameters (a target network) are left out by the optimizer."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    def momentum_at(self, step: int, total_steps: int) -> float | None:
+        """The target network's momentum after optimizer step ``step`` of ``total_steps``; None: no target."""
+        return None
+
+    @torch.no_grad()
+    def update_target(self, momentum: float) -> None:
+        """Move the target network after an optimizer step; a method without one does nothing."""

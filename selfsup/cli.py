@@ -2,35 +2,34 @@
 
 Settings come from a dataclass in :mod:`selfsup.config`: every field is a flag (``--batch-size``, help from
 the field's comment; see :mod:`selfsup.flags`), a YAML recipe (``--config``) sets any of them, flags given on
-the command line win. Errors in settings or data
-are printed as one clear line, not a traceback.
+the command line win. Errors in settings or data are printed as one clear line, not a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from selfsup.config import EvalConfig, PretrainConfig
+from selfsup.config import EvalConfig, ExportConfig, PretrainConfig
+from selfsup.files import json_text
 from selfsup.flags import add_settings_flags, given_settings, settings_from_args
 from selfsup.settings import ConfigError, load_yaml
 
 
 def _settings(args: argparse.Namespace) -> Any:
     recipe = load_yaml(args.config) if getattr(args, "config", None) else None
-    return settings_from_args(args, recipe, source=args.config or "command line")
+    return settings_from_args(args, recipe, source=getattr(args, "config", None) or "command line")
 
 
 DEFAULT_RECIPE = Path(__file__).parent / "recipes" / "default.yaml"
 # Settings that say how and where to run, not what to train: given alone, the default recipe still runs.
-_HOW_TO_RUN = {"out", "progress", "device", "num_workers", "log_every", "report"}
+_RUN_ONLY_SETTINGS = {"out", "progress", "device", "num_workers", "log_every", "report"}
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    if not given_settings(args) - _HOW_TO_RUN and not args.config and not args.resume:
+    if not given_settings(args) - _RUN_ONLY_SETTINGS and not args.config and not args.resume:
         print(f"no settings given: running the embedded default recipe {DEFAULT_RECIPE}")
         args.config = str(DEFAULT_RECIPE)
     config = _settings(args)
@@ -58,14 +57,18 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from selfsup.eval.run import run_evaluation
 
     table = run_evaluation(config)
-    print(json.dumps({"knn_top1": table["knn_top1"], "linear_top1": table["linear_top1"]}))
+    print(json_text({"knn_top1": table["knn_top1"], "linear_top1": table["linear_top1"]}))
     return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from selfsup.eval.run import export_torchvision
 
-    path = export_torchvision(args.checkpoint, args.output)
+    config = _settings(args)
+    for name in ("checkpoint", "output"):
+        if getattr(config, name) is None:
+            raise ConfigError(f"setting '{name}' is required (--{name} PATH)")
+    path = export_torchvision(config.checkpoint, config.output)
     print(f"wrote {path}: a torchvision state_dict (load with strict=False; only fc is missing)")
     return 0
 
@@ -88,8 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=_cmd_eval)
 
     export = commands.add_parser("export", help="write the backbone as a torchvision ResNet state_dict")
-    export.add_argument("--checkpoint", required=True, help="a pretraining checkpoint or backbone.pt")
-    export.add_argument("--output", required=True, help="where to write the state_dict (.pt)")
+    add_settings_flags(export, ExportConfig)
     export.set_defaults(func=_cmd_export)
 
     for module_name, adder in (("selfsup.eval.transfer_cli", "add_transfer_parser"),

@@ -275,3 +275,13 @@ class EvalConfig:
         for fraction in self.low_label_fractions:
             if not 0 < fraction <= 1:
                 raise ConfigError(f"setting 'low_label_fractions': each fraction must be in (0, 1], got {fraction}")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Settings of ``selfsup export``."""
+
+    # A pretraining checkpoint or backbone.pt (required).
+    checkpoint: str | None = None
+    # Where to write the torchvision state_dict (.pt) (required).
+    output: str | None = None

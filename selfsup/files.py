@@ -69,7 +69,13 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def json_text(value: Any, indent: int | None = None) -> str:
+    """``value`` as JSON text, the one rule for every file selfsup writes: NaN and infinities become null.
+    JSON has no NaN, and a reader that meets ``NaN`` (which ``json.dumps`` writes by default) fails or
+    silently differs."""
+    return json.dumps(_json_safe(value), indent=indent)
+
+
 def write_json(path: str | Path, value: Any) -> Path:
-    """``value`` as indented JSON, written atomically. NaN and infinities become null: JSON has no NaN,
-    and a reader that meets ``NaN`` (which ``json.dumps`` writes by default) fails or silently differs."""
-    return atomic_write_text(path, json.dumps(_json_safe(value), indent=2) + "\n")
+    """``value`` as indented JSON (:func:`json_text`), written atomically."""
+    return atomic_write_text(path, json_text(value, indent=2) + "\n")

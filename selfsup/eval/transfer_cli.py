@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any, Literal
 import torch
 
 from selfsup.eval.transfer_settings import DetectionSettings, SegmentationSettings
+from selfsup.files import json_text
 from selfsup.flags import add_settings_flags, settings_from_args
 from selfsup.settings import ConfigError, load_yaml
 
@@ -187,7 +187,7 @@ def format_summary(summary: dict[str, Any]) -> str:
                                                                                            strict=True)))
     compact = {"task": summary["task"], **{row["variant"]: {key: round(row[key], 4) for key in keys}
                                            for row in summary["results"]}}
-    lines.append(json.dumps(compact))
+    lines.append(json_text(compact))
     return "\n".join(lines)
 
 

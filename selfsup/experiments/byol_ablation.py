@@ -66,8 +66,6 @@ class ByolAblationSettings(ExperimentSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.pretrain.method != "byol":
-            raise ValueError(f"setting 'method': the BYOL ablation trains byol, got {self.pretrain.method!r}")
         if not self.variants:
             raise ValueError("setting 'variants' needs at least one variant")
 
@@ -134,7 +132,7 @@ def run_byol_ablation(settings: ByolAblationSettings, command: str = "", log: Lo
     log(f"BYOL ablation {chosen} on {data.train.name} ({len(data.train)} images, {data.image_size} px), "
         f"kNN on {data.test.name} ({len(data.test)} images)")
     initial_knn = initial_knn_top1(settings, data)
-    runs = {key: train_variant(available[key].name, variant_config(settings, **available[key].method_args),
+    runs = {key: train_variant(available[key].name, variant_config(settings, "byol", **available[key].method_args),
                                settings, data, log=log)
             for key in chosen}
     summaries = [_summary(key, available[key], run, dim, chance) for key, run in runs.items()]

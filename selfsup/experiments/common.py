@@ -150,10 +150,9 @@ def load_experiment_data(settings: ExperimentSettings) -> ExperimentData:
     return ExperimentData(train=train, test=test, image_size=image_size, mean=mean, std=std)
 
 
-def variant_config(settings: ExperimentSettings, method: str | None = None, **method_args) -> PretrainConfig:
-    """The experiment's pretraining settings with ``method_args`` over the method's options (a variant)."""
+def variant_config(settings: ExperimentSettings, method: str, **method_args) -> PretrainConfig:
+    """The experiment's pretraining settings for ``method``, with ``method_args`` over its options (a variant)."""
     config = settings.pretrain
-    method = method or config.method
     base = dataclasses.asdict(config.method_args) if method == config.method else {}
     return dataclasses.replace(config, method=method, method_args={**base, **method_args})
 

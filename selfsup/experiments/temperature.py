@@ -187,8 +187,6 @@ class TemperatureSettings(ExperimentSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.pretrain.method != "simclr":
-            raise ValueError(f"setting 'method': the temperature sweep trains simclr, got {self.pretrain.method!r}")
         if not self.temperatures or min(self.temperatures) <= 0:
             raise ValueError(f"setting 'temperatures' must be positive numbers, got {list(self.temperatures)}")
 
@@ -203,7 +201,7 @@ def run_temperature_experiment(settings: TemperatureSettings, command: str = "",
     log(f"SimCLR temperature sweep {temperatures} on {data.train.name} ({len(data.train)} images, "
         f"{data.image_size} px), kNN on {data.test.name} ({len(data.test)} images)")
     initial_knn = initial_knn_top1(settings, data)
-    runs = {t: train_variant(f"t={t:g}", variant_config(settings, temperature=t), settings, data, log=log)
+    runs = {t: train_variant(f"t={t:g}", variant_config(settings, "simclr", temperature=t), settings, data, log=log)
             for t in temperatures}
     summaries = [_summary(run, t) for t, run in runs.items()]
     finite = [s for s in summaries if math.isfinite(s["final_knn_top1"])]

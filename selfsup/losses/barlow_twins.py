@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from selfsup import dist
+from selfsup.losses.shapes import check_pair
 
 
 class BarlowTwinsLoss(nn.Module):
@@ -49,15 +50,8 @@ class BarlowTwinsLoss(nn.Module):
         self.eps = float(eps)
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
-        if z1.ndim != 2 or z2.ndim != 2:
-            raise ValueError(f"BarlowTwinsLoss expects (N, D) tensors, got shapes {tuple(z1.shape)} and "
-                             f"{tuple(z2.shape)}")
-        if z1.shape != z2.shape:
-            raise ValueError(f"BarlowTwinsLoss: z1 and z2 must have the same shape, got {tuple(z1.shape)} and "
-                             f"{tuple(z2.shape)}")
+        check_pair("BarlowTwinsLoss", z1, z2)
         n, d = z1.shape
-        if n < 1:
-            raise ValueError("BarlowTwinsLoss: the batch is empty (N = 0)")
         distributed = self.gather_distributed and dist.is_distributed()
         if n < 2 and not distributed:
             raise ValueError("BarlowTwinsLoss: the batch statistics need at least 2 rows, got N = 1")

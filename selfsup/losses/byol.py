@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from selfsup.losses.shapes import check_pair
+
 
 class BYOLLoss(nn.Module):
     r"""Normalized MSE of BYOL (Grill et al. 2020, "Bootstrap Your Own Latent", eq. 2).
@@ -23,11 +25,7 @@ class BYOLLoss(nn.Module):
     """
 
     def forward(self, p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        if p.ndim != 2 or p.shape != z.shape:
-            raise ValueError(f"BYOLLoss expects two (N, D) tensors of one shape, got {tuple(p.shape)} "
-                             f"and {tuple(z.shape)}")
-        if p.shape[0] < 1:
-            raise ValueError("BYOLLoss: the batch is empty (N = 0)")
+        check_pair("BYOLLoss", p, z, names=("p", "z"))
         # At least float32 under autocast; float64 input stays float64.
         compute_dtype = torch.promote_types(p.dtype, torch.float32)
         with torch.autocast(device_type=p.device.type, enabled=False):

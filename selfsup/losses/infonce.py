@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup import dist
+from selfsup.losses.shapes import check_pair
 
 
 class InfoNCELoss(nn.Module):
@@ -58,15 +59,8 @@ class InfoNCELoss(nn.Module):
         self.gather_distributed = gather_distributed
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor | None = None) -> torch.Tensor:
-        if q.ndim != 2 or k.ndim != 2:
-            raise ValueError(f"InfoNCELoss expects (N, D) queries and keys, got shapes {tuple(q.shape)} and "
-                             f"{tuple(k.shape)}")
-        if q.shape != k.shape:
-            raise ValueError(f"InfoNCELoss: q and k must have the same shape, got {tuple(q.shape)} and "
-                             f"{tuple(k.shape)}")
+        check_pair("InfoNCELoss", q, k, names=("q", "k"))
         n = q.shape[0]
-        if n < 1:
-            raise ValueError("InfoNCELoss: the batch is empty (N = 0)")
         if queue is not None and (queue.ndim != 2 or queue.shape[1] != q.shape[1] or queue.shape[0] < 1):
             raise ValueError(f"InfoNCELoss: the queue must be (K, D) with K >= 1 and D = {q.shape[1]}, got "
                              f"{tuple(queue.shape)} (pass queue=None for in-batch negatives)")

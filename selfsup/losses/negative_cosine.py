@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from selfsup.losses.shapes import check_pair
+
 
 class NegativeCosineLoss(nn.Module):
     r"""Negative cosine similarity of SimSiam (Chen and He 2021, "Exploring Simple Siamese Representation
@@ -25,11 +27,7 @@ class NegativeCosineLoss(nn.Module):
     """
 
     def forward(self, p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        if p.ndim != 2 or p.shape != z.shape:
-            raise ValueError(f"NegativeCosineLoss expects two (N, D) tensors of one shape, got {tuple(p.shape)} "
-                             f"and {tuple(z.shape)}")
-        if p.shape[0] < 1:
-            raise ValueError("NegativeCosineLoss: the batch is empty (N = 0)")
+        check_pair("NegativeCosineLoss", p, z, names=("p", "z"))
         compute_dtype = torch.promote_types(p.dtype, torch.float32)
         with torch.autocast(device_type=p.device.type, enabled=False):
             return -F.cosine_similarity(p.to(compute_dtype), z.to(compute_dtype), dim=1).mean()

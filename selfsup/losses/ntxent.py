@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup import dist
+from selfsup.losses.shapes import check_pair
 
 
 class NTXentLoss(nn.Module):
@@ -46,15 +47,8 @@ class NTXentLoss(nn.Module):
         self.gather_distributed = gather_distributed
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
-        if z1.ndim != 2 or z2.ndim != 2:
-            raise ValueError(f"NTXentLoss expects (N, D) tensors, got shapes {tuple(z1.shape)} and "
-                             f"{tuple(z2.shape)}")
-        if z1.shape != z2.shape:
-            raise ValueError(f"NTXentLoss: z1 and z2 must have the same shape, got {tuple(z1.shape)} "
-                             f"and {tuple(z2.shape)}")
+        check_pair("NTXentLoss", z1, z2)
         n = z1.shape[0]
-        if n < 1:
-            raise ValueError("NTXentLoss: the batch is empty (N = 0); it needs at least one pair")
 
         # At least float32 whatever autocast chose: exp(sim / 0.05) spans ~e^40, beyond fp16's range.
         # float64 input stays float64 (gradcheck, references).

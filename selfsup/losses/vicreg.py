@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from selfsup import dist
+from selfsup.losses.shapes import check_pair
 
 
 class VICRegLoss(nn.Module):
@@ -60,13 +61,7 @@ class VICRegLoss(nn.Module):
         self.gather_distributed = gather_distributed
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
-        if z1.ndim != 2 or z2.ndim != 2:
-            raise ValueError(f"VICRegLoss expects (N, D) tensors, got shapes {tuple(z1.shape)} and {tuple(z2.shape)}")
-        if z1.shape != z2.shape:
-            raise ValueError(f"VICRegLoss: z1 and z2 must have the same shape, got {tuple(z1.shape)} and "
-                             f"{tuple(z2.shape)}")
-        if z1.shape[0] < 1:
-            raise ValueError("VICRegLoss: the batch is empty (N = 0)")
+        check_pair("VICRegLoss", z1, z2)
 
         compute_dtype = torch.promote_types(z1.dtype, torch.float32)
         with torch.autocast(device_type=z1.device.type, enabled=False):

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from selfsup.files import json_text
+
 
 def _row_step(line: str) -> int | None:
     """The step of a JSON row; None for a blank line or one cut short by a killed run."""
@@ -39,7 +41,7 @@ class MetricsLog:
                 self._writer = None
 
     def write(self, row: dict[str, Any]) -> None:
-        self._file.write(json.dumps(row) + "\n")
+        self._file.write(json_text(row) + "\n")
         self._file.flush()
         if self._writer is not None:
             for key, value in row.items():

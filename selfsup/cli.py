@@ -8,6 +8,7 @@ the command line win. Errors in settings or data are printed as one clear line, 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -38,8 +39,12 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
         pretrain_tensorflow(config)
         return 0
-    if config.devices > 1 and "WORLD_SIZE" not in __import__("os").environ:
+    if config.devices > 1 and "WORLD_SIZE" not in os.environ:
         from selfsup.train.launch import launch_local
+
+        if config.batch_size % config.devices or config.batch_size // config.devices < 2:
+            raise ConfigError(f"setting 'batch_size' ({config.batch_size}) must split evenly into at least 2 "
+                              f"images for each of the {config.devices} processes (--devices)")
 
         return launch_local(config.devices, args.argv)
     from selfsup.pipeline import pretrain
@@ -73,8 +78,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one line for a bad flag (argparse prints the whole usage first, which hides it)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="selfsup", description="Self-supervised pretraining (BYOL, SimCLR) "
+    parser = _Parser(prog="selfsup", description="Self-supervised pretraining (BYOL, SimCLR) "
                                      "and evaluation of image encoders.")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -121,6 +133,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (ConfigError, BadImageError, CheckpointError, FileNotFoundError, ValueError) as error:
         print(f"selfsup {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a full or read-only disk, a folder where a file should go, ...
+        where = f": {error.filename}" if error.filename else ""
+        print(f"selfsup {args.command}: error: {error.strerror or error}{where} (selfsup writes atomically: "
+              "the files written before, checkpoints included, are intact)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"selfsup {args.command}: interrupted", file=sys.stderr)

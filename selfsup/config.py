@@ -19,7 +19,7 @@ HOW_TO_RUN = frozenset({
     "out", "test_data", "max_steps", "eval_at_end", "linear_max_iter", "report", "num_workers", "device",
     "log_every", "checkpoint_every_steps", "keep_checkpoints", "skip_bad_images", "devices", "progress",
     "knn_every", "knn_k", "knn_temperature", "on_nonfinite", "online_probe", "precision", "channels_last",
-    "sync_batchnorm",
+    "sync_batchnorm", "overwrite",
 })
 
 
@@ -41,8 +41,12 @@ class PretrainConfig:
     data: str = "digits"
     # Labelled data for the final kNN / linear table; built-in data sets use their own test split.
     test_data: str | None = None
-    # Output folder: checkpoints, metrics.jsonl, backbone.pt, eval.json, report.md.
+    # Output folder: checkpoints, metrics.jsonl, backbone.pt, eval.json, report.md. It must be new or empty,
+    # or hold this run (--resume), unless --overwrite.
     out: str = "runs/pretrain"
+    # Start over in an --out that holds another run or other files: the run's files replace theirs (the old
+    # checkpoints are moved aside to checkpoints-replaced-TIME/); files of other names are left alone.
+    overwrite: bool = False
     # Side of the images the backbone is evaluated at; None: the data's own side for images <= 64 px (at least
     # 16), else 224.
     image_size: int | None = None
@@ -146,10 +150,14 @@ class PretrainConfig:
             raise ConfigError(f"setting 'crop_min_scale' must be in (0, 1], got {self.crop_min_scale}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"setting 'max_steps' must be >= 1, got {self.max_steps}")
-        for name in ("base_lr", "weight_decay", "grad_clip"):
+        for name in ("weight_decay", "grad_clip"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ConfigError(f"setting '{name}' must be >= 0, got {value}")
+        if self.base_lr is not None and not self.base_lr > 0:
+            raise ConfigError(f"setting 'base_lr' must be > 0, got {self.base_lr} (at 0 nothing trains)")
+        if self.grad_clip == 0:
+            raise ConfigError("setting 'grad_clip' must be > 0 (or none for no clipping), got 0")
         if self.warmup_epochs < 0 or self.num_workers < 0 or self.knn_every < 0 or self.checkpoint_every_steps < 0:
             raise ConfigError("settings 'warmup_epochs', 'num_workers', 'knn_every' and "
                               "'checkpoint_every_steps' must be >= 0")

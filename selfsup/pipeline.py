@@ -12,7 +12,8 @@ from selfsup.config import PretrainConfig
 from selfsup.data.datasets import ImageData, load_image_data, load_test_split
 from selfsup.files import write_json
 from selfsup.models import ResNetBackbone, backbone_config
-from selfsup.train.loop import TrainedRun, start_processes, train
+from selfsup.run_folder import claim_run_folder, release_run_folder
+from selfsup.train.loop import TrainedRun, check_batch_size, start_processes, train
 
 
 @dataclass
@@ -43,6 +44,20 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None, log=print
     if test is not None:
         for note in test.notes:
             log(note)
+    check_batch_size(config, len(data), dist.world_size())
+    if not is_main:
+        return _pretrain(config, device, data, test, resume, log)
+    lock = claim_run_folder(config.out, resuming=resume is not None, overwrite=config.overwrite)
+    try:
+        return _pretrain(config, device, data, test, resume, log)
+    finally:
+        release_run_folder(lock)
+
+
+def _pretrain(config: PretrainConfig, device, data: ImageData, test: ImageData | None, resume, log
+              ) -> PretrainResult:
+    """Train, then (on the main process) export, evaluate and report."""
+    is_main = dist.is_main_process()
 
     def test_split() -> ImageData | None:
         return test

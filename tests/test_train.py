@@ -39,7 +39,9 @@ def test_cli_pretrain_eval_export_on_cifar_subset(method, cifar_subset, tmp_path
                  "--test-data", str(test_dir), "--linear-max-iter", "5", "--no-baselines", "--out", str(tmp_path)])
     assert code == 0
     assert set(json.loads(capsys.readouterr().out.strip().splitlines()[-1])) == {"knn_top1", "linear_top1"}
-    assert json.loads((tmp_path / "eval.json").read_text())["rows"][0]["name"] == "pretrained"
+    written = json.loads((tmp_path / f"eval_{test_dir.parent.name}-{test_dir.name}.json").read_text())
+    assert written["rows"][0]["name"] == "pretrained"
+    assert json.loads((out / "eval.json").read_text()) == table, "pretraining's eval.json is left as it was"
 
     exported = tmp_path / "resnet18.pt"
     assert main(["export", "--checkpoint", str(out / "backbone.pt"), "--output", str(exported)]) == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from selfsup.config import EvalConfig
@@ -52,9 +53,19 @@ def run_evaluation(config: EvalConfig, log=print) -> dict:
                                              random_features=random_features)
         log(format_low_label_table(table["low_label"]))
     out = Path(config.out) if config.out else Path(config.checkpoint).resolve().parent
-    write_json(out / "eval.json", table)
-    log(f"wrote {out / 'eval.json'}")
+    # Named after the data, so that it never replaces the eval.json that pretraining wrote, nor the result on
+    # other data.
+    path = out / f"eval_{_data_label(config.test_data or config.train_data)}.json"
+    write_json(path, table)
+    log(f"wrote {path}")
     return table
+
+
+def _data_label(spec: str) -> str:
+    """A file-name label for a data setting: a built-in's name, or a folder's last two parts (cifar10-test)."""
+    parts = [part for part in Path(spec).parts if part not in ("/", ".", "..")][-2:]
+    label = "-".join(parts) or "data"
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", label).removesuffix(".npz").removesuffix(".npy")
 
 
 def format_low_label_table(rows: list[dict]) -> str:

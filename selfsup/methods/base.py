@@ -9,7 +9,8 @@ line in :data:`selfsup.methods.METHODS`. The loop never tests a method's name; i
 - ``view_recipes(settings, crop_size, mean, std, blur)``: the :class:`ViewConfig` of each of its two views;
 - ``forward(view1, view2) -> MethodOutput``;
 - ``learnable_parameters()``: its optimizer parameter groups (e.g. a predictor at its own learning rate);
-- ``momentum_at(step, total_steps)`` and ``update_target(momentum)``: its target network's rule, if any.
+- ``momentum_at(step, total_steps)`` and ``update_target(momentum)``: its target network's rule, if any;
+- ``nonfinite_causes()``: its own suspects when the loss becomes NaN (a temperature too low).
 
 Anything kept in buffers (a queue, a center) travels in the checkpoint with the weights.
 """
@@ -49,6 +50,11 @@ class Method(nn.Module):
         the scheduled learning rate; default 1) and ``scheduled`` (False: the peak rate throughout, as
         SimSiam's predictor). Frozen parameters (a target network) are left out by the optimizer."""
         return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    def nonfinite_causes(self) -> list[str]:
+        """The method's own likely causes of a NaN or infinite loss, named first when one happens (a
+        temperature too low, ...); the loop adds the general ones (learning rate, fp16, bad images)."""
+        return []
 
     def momentum_at(self, step: int, total_steps: int) -> float | None:
         """The target network's momentum after optimizer step ``step`` of ``total_steps``; None: no target."""

@@ -98,6 +98,11 @@ class SimCLR(Method):
         view = simclr_view(crop_size, settings.color_strength, mean, std, blur=blur)
         return view, view  # one recipe, drawn twice
 
+    def nonfinite_causes(self) -> list[str]:
+        temperature = self.criterion.temperature
+        # NT-Xent's gradients grow as 1/t: below about 0.05 one step can throw the weights out of range.
+        return [f"a temperature this low (temperature {temperature:g})"] if temperature < 0.05 else []
+
     def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> MethodOutput:
         # One pass over both views, as the paper's code does: BatchNorm sees all 2N views.
         batch = view1.shape[0]

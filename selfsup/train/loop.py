@@ -33,7 +33,7 @@ from selfsup.schedules import scaled_learning_rate
 from selfsup.settings import to_dict
 from selfsup.train.metrics_log import MetricsLog
 from selfsup.train.optim import build_optimizer, build_scheduler
-from selfsup.train.step import NonFiniteLossError, TrainingStep
+from selfsup.train.step import NonFiniteLossError, TrainingStep, likely_causes
 from selfsup.transforms.views import IMAGENET_MEAN, IMAGENET_STD, TwoViewTransform, view_transform
 
 Log = Callable[[str], None]
@@ -67,6 +67,19 @@ def start_processes(config: PretrainConfig) -> torch.device:
         torch.cuda.set_device(device)
     dist.init_from_environment(device.type)
     return device
+
+
+def check_batch_size(config: PretrainConfig, images: int, world: int) -> None:
+    """Refuse a batch size that cannot train: not divisible by the processes, under 2 images a process
+    (BatchNorm's batch statistics need two), or larger than the data (no full batch)."""
+    if config.batch_size % world:
+        raise ValueError(f"setting 'batch_size' ({config.batch_size}) must be divisible by the number of "
+                         f"processes ({world})")
+    if config.batch_size // world < 2:
+        raise ValueError(f"setting 'batch_size' ({config.batch_size}) gives {config.batch_size // world} image(s) "
+                         "a process; BatchNorm needs at least 2 (its batch statistics)")
+    if config.batch_size > images:
+        raise ValueError(f"setting 'batch_size' ({config.batch_size}) leaves no full batch in {images} images")
 
 
 def channel_stats(data: ImageData) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -135,6 +148,8 @@ class _StopSignals:
         return self
 
     def _handle(self, signum, frame) -> None:
+        if self.received is not None:  # a second Ctrl-C: the user does not want to wait for the checkpoint
+            raise KeyboardInterrupt
         self.received = signum
 
     def __exit__(self, *exc) -> None:
@@ -143,7 +158,17 @@ class _StopSignals:
 
 
 def _check_resumable(state: dict, config: PretrainConfig, image_size: int, resume: str | Path) -> None:
-    """A checkpoint made with other settings would restore a state that means something else: refuse it."""
+    """A file that is not a pretraining checkpoint, or one made with other settings (which would restore a state
+    that means something else), is refused with what it is or which setting differs."""
+    if not {"model", "optimizer", "scheduler", "step", "config"} <= set(state):
+        if "backbone" in state:
+            what = "an exported backbone (backbone.pt: the encoder's weights alone)"
+        elif state and all(isinstance(value, torch.Tensor) for value in state.values()):
+            what = "a state dict of weights (such as selfsup export's or torchvision's)"
+        else:
+            what = f"not a selfsup pretraining checkpoint (it has {', '.join(sorted(map(str, state))[:6])})"
+        raise ValueError(f"cannot resume from {resume}: it is {what}; resume takes a checkpoint of a run, "
+                         "OUT/checkpoints/step_*.pt, or --resume auto")
     changes = changed_settings(state["config"], config)
     if state.get("image_size") != image_size:
         changes.append(("image_size", state.get("image_size"), image_size))
@@ -163,9 +188,7 @@ def train(config: PretrainConfig, data: ImageData, device: torch.device, resume:
     """
     world, is_main = dist.world_size(), dist.is_main_process()
     log = log if is_main else (lambda *_: None)
-    if config.batch_size % world:
-        raise ValueError(f"setting 'batch_size' ({config.batch_size}) must be divisible by the number of "
-                         f"processes ({world})")
+    check_batch_size(config, len(data), world)
     out_dir = Path(config.out)
     checkpoint_dir = out_dir / "checkpoints"
     image_size = auto_image_size(config, data)
@@ -237,8 +260,7 @@ def train(config: PretrainConfig, data: ImageData, device: torch.device, resume:
         if not all(torch.isfinite(t).all() for t in method.state_dict().values() if t.is_floating_point()):
             raise NonFiniteLossError(
                 f"the weights became NaN or infinite by step {at_step} (lr {optimizer.param_groups[0]['lr']:.4g}"
-                "). Likely causes: a learning rate too high for this batch size, or fp16 overflow (try "
-                "precision bf16 or fp32)." + last_good_checkpoint())
+                f"). {likely_causes(method)}" + last_good_checkpoint())
         if not is_main:
             return None
         state = {"model": method.state_dict(), "optimizer": optimizer.state_dict(),

@@ -21,8 +21,12 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the message gives the step, the learning rate and likely causes."""
 
 
-LIKELY_CAUSES = ("Likely causes: a learning rate too high for this batch size, fp16 overflow (try precision bf16 "
-                 "or fp32), or corrupt input images.")
+def likely_causes(method: Method) -> str:
+    """What usually makes a loss or the weights non-finite: the method's own suspects first (a temperature
+    too low, ...), then a learning rate too high, fp16 overflow, corrupt images."""
+    causes = [*method.nonfinite_causes(), "a learning rate too high for this batch size",
+              "fp16 overflow (try precision bf16 or fp32)", "corrupt input images"]
+    return "Likely causes: " + ", ".join(causes[:-1]) + f", or {causes[-1]}."
 
 
 @dataclass
@@ -80,7 +84,7 @@ class TrainingStep:
         # Judged on the mean over ranks, so that a NaN on any rank skips the step on all of them.
         if not torch.isfinite(dist.all_reduce_mean(output.loss.detach())):
             where = f"step {step}" + (f" (epoch {epoch + 1}, lr {lr:.4g})" if epoch is not None else f" (lr {lr:.4g})")
-            message = f"loss is {output.loss.item()} at {where}. {LIKELY_CAUSES}"
+            message = f"loss is {output.loss.item()} at {where}. {likely_causes(self.method)}"
             if self.on_nonfinite == "stop":
                 raise NonFiniteLossError(message)
             with torch.no_grad():

@@ -267,3 +267,17 @@ def test_cuda_devices_get_an_index_and_set_device_receives_it(monkeypatch):
     monkeypatch.setattr(torch.cuda, "set_device", received.append)
     assert loop.start_processes(PretrainConfig(device="cuda")) == torch.device("cuda", 0)
     assert received == [torch.device("cuda", 0)] and received[0].index == 0
+
+
+def test_settings_that_waste_a_run_are_warned_about(tmp_path, digits128):
+    from conftest import pretrain_config
+
+    from selfsup.pipeline import pretrain
+
+    lines = []
+    pretrain(pretrain_config(data=digits128, out=str(tmp_path / "run"), epochs=1, warmup_epochs=10.0, image_size=16,
+                             crop_size=24, width=0.125, batch_size=32, projection_hidden_dim=32, projection_dim=16,
+                             prediction_hidden_dim=32, max_steps=1, eval_at_end=False, report=False, progress=False,
+                             num_workers=0), log=lines.append)
+    assert any("lasts the whole run" in line for line in lines)
+    assert any("crop_size 24 is larger than image_size 16" in line for line in lines)

@@ -283,6 +283,12 @@ def train(config: PretrainConfig, data: ImageData, device: torch.device, resume:
         write_json(out_dir / "config.json", to_dict(config))
         if data.skipped:
             atomic_write_text(out_dir / "skipped_images.txt", "".join(f"{p}\t{why}\n" for p, why in data.skipped))
+    if warmup_steps >= total_steps:
+        log(f"warning: the warmup ({config.warmup_epochs:g} epochs) lasts the whole run of {config.epochs} epoch(s): "
+            "the learning rate rises throughout and never decays; give --warmup-epochs a share of the run")
+    if crop_size > image_size:
+        log(f"warning: crop_size {crop_size} is larger than image_size {image_size}: the views are upsampled "
+            "crops, bigger than the images evaluated")
     crops = f" (views of {crop_size} px)" if crop_size != image_size else ""
     log(f"{config.method} on {data.name}: {len(data)} images at {image_size} px{crops}, {world} process(es), "
         f"{steps_per_epoch} steps/epoch x {config.epochs} epochs, lr {peak_lr:.4g}, {config.optimizer}")

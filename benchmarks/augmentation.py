@@ -31,7 +31,9 @@ from selfsup.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     BatchedTwoViews,
+    BatchedViewAugment,
     TwoViewTransform,
+    view_transform,
 )
 
 LIGHTLY_MISSING = (
@@ -82,6 +84,14 @@ def lightly_pipelines(method: str, size: int, mean, std):
         view_2_transform=BYOLView2Transform(input_size=size, gaussian_blur=0.0 if small else 0.1,
                                             solarization_prob=0.2, normalize=normalize),
     )
+
+
+def method_views(method: str, size: int, mean, std):
+    """The method's own two view recipes (its paper settings), as pretraining builds them."""
+    from selfsup.methods import method_class
+
+    cls = method_class(method)
+    return cls.view_recipes(cls.Settings(), size, mean, std, None)
 
 
 def per_image_runner(transform, images: list[Image.Image]):
@@ -146,18 +156,18 @@ def main() -> None:
         images = load_cifar(args.images_small) if small else load_pennfudan(args.images_large, 256)
         mean, std = (CIFAR10_MEAN, CIFAR10_STD) if small else (IMAGENET_MEAN, IMAGENET_STD)
         for method in args.methods:
-            factory = getattr(TwoViewTransform, method), getattr(BatchedTwoViews, method)
+            recipes = method_views(method, size, mean, std)
             runners = {
-                "selfsup batched": batched_runner(factory[1](size, mean=mean, std=std), images,
+                "selfsup batched": batched_runner(BatchedTwoViews(*map(BatchedViewAugment, recipes)), images,
                                                   args.batch_size),
-                "selfsup per-image v2": per_image_runner(factory[0](size, mean=mean, std=std), images),
+                "selfsup per-image v2": per_image_runner(TwoViewTransform(*map(view_transform, recipes)), images),
             }
             if lightly_version:
                 runners["lightly per-image PIL"] = per_image_runner(
                     lightly_pipelines(method, size, mean, std), images)
             if args.compile_hue:
                 runners["batched, compiled hue"] = with_compiled_hue(batched_runner(
-                    factory[1](size, mean=mean, std=std), images, args.batch_size))
+                    BatchedTwoViews(*map(BatchedViewAugment, recipes)), images, args.batch_size))
             for run in runners.values():  # warm-up
                 run()
             seconds: dict[str, list[float]] = {name: [] for name in runners}

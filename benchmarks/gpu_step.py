@@ -37,7 +37,7 @@ from torch import nn
 from selfsup.methods import BYOL, SimCLR
 from selfsup.models import ResNetBackbone
 from selfsup.train.optim import build_optimizer
-from selfsup.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchedTwoViews
+from selfsup.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchedTwoViews, BatchedViewAugment
 
 LR, WEIGHT_DECAY, MOMENTUM_EMA = 0.3, 1e-6, 0.996
 VARIANTS = ("floor", "step", "pipeline")
@@ -144,7 +144,9 @@ def main() -> None:
                     module.compile()
         optimizer = build_optimizer("lars", model, lr=LR, weight_decay=WEIGHT_DECAY)
         step = train_step(model, optimizer, autocast)
-        two_views = getattr(BatchedTwoViews, method)(args.image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+        settings = type(model).Settings()
+        two_views = BatchedTwoViews(*map(BatchedViewAugment, type(model).view_recipes(
+            settings, args.image_size, IMAGENET_MEAN, IMAGENET_STD, None)))
         variants = {"floor": floor_step(method, model, views, autocast),
                     "step": functools.partial(step, *views),
                     "pipeline": pipeline_step(step, two_views.to(device), host_images, args.batch_size, device,

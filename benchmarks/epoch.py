@@ -89,7 +89,7 @@ def run_selfsup(args: argparse.Namespace) -> dict:
     from selfsup.config import PretrainConfig, resolve
     from selfsup.data.datasets import load_image_data
     from selfsup.schedules import scaled_learning_rate
-    from selfsup.train.loop import auto_image_size, build_backbone, build_batches, build_method, channel_stats
+    from selfsup.train.build import auto_image_size, build_backbone, build_batches, build_method, channel_stats
     from selfsup.train.optim import build_optimizer, build_scheduler
     from selfsup.train.step import TrainingStep
 

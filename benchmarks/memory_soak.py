@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from selfsup.config import PretrainConfig
-from selfsup.train.loop import pretrain
+from selfsup.pipeline import pretrain
 
 EPOCH_ROW = re.compile(r"^step (\d+)\s+epoch (\d+)")
 
@@ -45,8 +45,10 @@ def soak(method: str, epochs: int, out: Path) -> list[float]:
         if EPOCH_ROW.match(message):
             per_epoch.append(rss_mib())
 
-    config = PretrainConfig(method=method, data="digits", out=str(out), width=0.125, projection_hidden_dim=128,
-                            projection_dim=64, prediction_hidden_dim=128, batch_size=64, epochs=epochs,
+    heads = {"projection_hidden_dim": 128, "projection_dim": 64, **({"prediction_hidden_dim": 128}
+                                                                    if method == "byol" else {})}
+    config = PretrainConfig(method=method, method_args=heads, data="digits", out=str(out), width=0.125,
+                            batch_size=64, epochs=epochs,
                             warmup_epochs=1.0, eval_at_end=False, report=False, progress=False, log_every=5,
                             num_workers=0, keep_checkpoints=2, device="cpu")
     pretrain(config, log=log)

@@ -26,11 +26,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> int:
     from selfsup.config import PretrainConfig
     from selfsup.data.datasets import default_datasets_dir
+    from selfsup.pipeline import pretrain
     from selfsup.settings import from_dict, load_yaml
-    from selfsup.train.loop import pretrain
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", nargs="+", default=["byol", "simclr"], choices=["byol", "simclr"])
+    from selfsup.methods import METHODS
+
+    parser.add_argument("--methods", nargs="+", default=["byol", "simclr"], choices=sorted(METHODS),
+                        help="methods to run, each with its configs/pretrain_cifar10_METHOD_cpu.yaml")
     parser.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
     parser.add_argument("--out", default="runs/bench-cifar10")
     args = parser.parse_args()
@@ -41,7 +44,7 @@ def main() -> int:
         return 1
     results = []
     for method in args.methods:
-        values = load_yaml(ROOT / "configs" / f"pretrain_cifar10_{method}_cpu.yaml")
+        values = load_yaml(ROOT / "configs" / f"pretrain_cifar10_{method.replace('-', '_')}_cpu.yaml")
         values.update(data=str(cifar / "train"), test_data=str(cifar / "test"), out=f"{args.out}/{method}",
                       progress=False)
         if args.epochs is not None:

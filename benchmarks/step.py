@@ -6,6 +6,10 @@ From an augmented batch in memory (two views), on CPU, ResNet-18 with the CIFAR 
            backbone and projector on both views (one pass over the 2B views, as the method does);
            BYOL = online forward + backward (backbone, projector, predictor) of each view + the
            target's forward of each view under no_grad. Nothing else: no loss, no optimizer.
+           SimSiam: online forward + backward (backbone, projector, predictor) of each view; MoCo v2: the
+           query's forward + backward of view 1 and the key encoder's forward of view 2; MoCo v3: as BYOL;
+           Barlow Twins and VICReg: forward + backward of backbone and projector of each view. Every method
+           at its paper's head sizes.
   selfsup  the method's forward, loss, backward, LARS step, zero_grad and (BYOL) the EMA update.
   lightly  the same step written with lightly's parts (heads, NTXentLoss / NegativeCosineSimilarity,
            LARS, update_momentum), when lightly is importable.
@@ -33,7 +37,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from selfsup.methods import BYOL, SimCLR
+from selfsup.methods import METHODS
 from selfsup.models import ResNetBackbone
 from selfsup.train.optim import build_optimizer, build_scheduler
 from selfsup.train.step import TrainingStep
@@ -59,16 +63,32 @@ def floor_step(method: str, model: nn.Module, view1, view2, dtype: str) -> Calla
         projections.float().sum().backward()
         model.zero_grad(set_to_none=True)
 
-    def byol() -> None:
-        with autocast(dtype):
-            predictions = [model.predictor(model.projector(model.backbone(v))) for v in (view1, view2)]
-            with torch.no_grad():
-                for v in (view1, view2):
-                    model.target_projector(model.target_backbone(v))
-        sum(p.float().sum() for p in predictions).backward()
-        model.zero_grad(set_to_none=True)
+    def online_and_target(predict: bool, target: tuple[str, str] | None, views=(view1, view2),
+                          target_views=(view1, view2)) -> Callable[[], None]:
+        """Online forward + backward of each of ``views`` (with the predictor when ``predict``), and the
+        forward of the target networks ``target`` (backbone, projector attribute names) of ``target_views``."""
+        def run() -> None:
+            with autocast(dtype):
+                outputs = [model.projector(model.backbone(v)) for v in views]
+                if predict:
+                    outputs = [model.predictor(z) for z in outputs]
+                if target is not None:
+                    with torch.no_grad():
+                        for v in target_views:
+                            getattr(model, target[1])(getattr(model, target[0])(v))
+            sum(z.float().sum() for z in outputs).backward()
+            model.zero_grad(set_to_none=True)
 
-    return simclr if method == "simclr" else byol
+        return run
+
+    steps = {"simclr": simclr,
+             "byol": online_and_target(True, ("target_backbone", "target_projector")),
+             "simsiam": online_and_target(True, None),
+             "moco-v2": online_and_target(False, ("key_backbone", "key_projector"), (view1,), (view2,)),
+             "moco-v3": online_and_target(True, ("key_backbone", "key_projector")),
+             "barlow-twins": online_and_target(False, None),
+             "vicreg": online_and_target(False, None)}
+    return steps[method]
 
 
 def selfsup_step(method: str, model: nn.Module, view1, view2, dtype: str,
@@ -91,11 +111,13 @@ def overhead_parts(method: str, model: nn.Module, optimizer: torch.optim.Optimiz
     """Median seconds of each part of the step beyond the floor, timed alone (less noisy than the
     difference of two whole steps): the loss's forward and backward on embeddings of the step's
     shapes, the LARS step and zero_grad on the model's gradients, and the EMA update."""
-    dim = 128 if method == "simclr" else 256
+    with torch.no_grad():  # the embeddings' size, from one forward pass
+        dim = model(torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)).embeddings[0].shape[1]
     z1, z2 = (torch.randn(batch, dim, requires_grad=True) for _ in range(2))
+    queue = getattr(model, "queue", None)  # MoCo v2's negatives
 
     def loss() -> None:
-        model.criterion(z1, z2).backward()
+        (model.criterion(z1, z2) if queue is None else model.criterion(z1, z2, queue=queue)).backward()
 
     def optimizer_step() -> None:
         for parameter in model.parameters():
@@ -105,8 +127,10 @@ def overhead_parts(method: str, model: nn.Module, optimizer: torch.optim.Optimiz
 
     parts = {"loss fwd+bwd": loss, "LARS step": optimizer_step,
              "zero_grad": lambda: optimizer.zero_grad(set_to_none=True)}
-    if method == "byol":
+    if model.momentum_at(0, 1) is not None:
         parts["EMA update"] = lambda: model.update_target(MOMENTUM_EMA)
+    if queue is not None:
+        parts["enqueue"] = lambda: model._enqueue(z2.detach())
     seconds = {}
     for name, part in parts.items():
         if name == "zero_grad":
@@ -169,7 +193,8 @@ def lightly_step(method: str, width: float, view1, view2, dtype: str) -> Callabl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--methods", nargs="+", default=["simclr", "byol"], choices=["simclr", "byol"])
+    parser.add_argument("--methods", nargs="+", default=["simclr", "byol"],
+                        choices=["simclr", "byol", "simsiam", "moco-v2", "moco-v3", "barlow-twins", "vicreg"])
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--width", type=float, default=1.0, help="ResNet-18 width multiplier")
     parser.add_argument("--image-size", type=int, default=32)
@@ -195,11 +220,11 @@ def main() -> None:
     view1, view2 = (torch.randn(args.batch_size, 3, args.image_size, args.image_size) for _ in range(2))
     rows, ratios = [], {}
     for method in args.methods:
-        model = (SimCLR if method == "simclr" else BYOL)(backbone(args.width)).train()
+        model = METHODS[method](backbone(args.width)).train()  # the paper's head sizes
         optimizer = build_optimizer("lars", model, lr=LR, weight_decay=WEIGHT_DECAY)
         variants = {"floor": floor_step(method, model, view1, view2, args.dtype),
                     "selfsup step": selfsup_step(method, model, view1, view2, args.dtype, optimizer)}
-        if lightly_version:
+        if lightly_version and method in ("simclr", "byol"):
             variants["lightly step"] = lightly_step(method, args.width, view1, view2, args.dtype)
         for run in variants.values():  # warm-up: allocator, oneDNN primitives, optimizer state
             run()
@@ -217,15 +242,15 @@ def main() -> None:
         for name, value in parts.items():
             rows.append((method, f"  {name}", value, float("nan"), value / median["floor"]))
         ratios[f"{method}_floor_plus_parts_vs_floor"] = 1 + sum(parts.values()) / median["floor"]
-        if lightly_version:
+        if "lightly step" in median:
             ratios[f"{method}_selfsup_vs_lightly"] = median["selfsup step"] / median["lightly step"]
 
     print(f"\ntraining step, ResNet-18 CIFAR stem (width {args.width}), {args.image_size} px, batch "
           f"{args.batch_size}, {args.dtype}, {torch.get_num_threads()} threads, medians of {args.steps} "
           f"(torch {torch.__version__}, lightly {lightly_version}, {platform.machine()})")
-    print(f"{'method':<7} {'variant':<15} {'s/step':>9} {'images/s':>9} {'vs floor':>9}")
+    print(f"{'method':<12} {'variant':<15} {'s/step':>9} {'images/s':>9} {'vs floor':>9}")
     for method, name, value, images_per_second, relative in rows:
-        print(f"{method:<7} {name:<15} {value:>9.4f} {images_per_second:>9.1f} {relative:>8.4f}x")
+        print(f"{method:<12} {name:<15} {value:>9.4f} {images_per_second:>9.1f} {relative:>8.4f}x")
     print("(indented rows: the step's parts beyond the floor, each timed alone; floor_plus_parts_vs_floor\n"
           " in the JSON line is 1 + their sum / floor, the step's overhead free of the noise between steps)")
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -29,9 +29,9 @@ from selfsup.data.datasets import ImageData, default_datasets_dir
 from selfsup.eval.features import extract_features
 from selfsup.eval.knn import knn_accuracy
 from selfsup.models.backbones import ResNetBackbone
+from selfsup.pipeline import pretrain
 from selfsup.tf.models import resnet18 as keras_resnet18
 from selfsup.tf.train import channel_stats, extract_features_tf, pretrain_simclr_tf
-from selfsup.train.loop import pretrain
 
 
 def load_cifar_split(root: Path, split: str, per_class: int) -> tuple[np.ndarray, np.ndarray]:
@@ -96,8 +96,9 @@ def main() -> None:
         np.savez(data_file, images=train_images, labels=train_labels)
         config = PretrainConfig(
             method="simclr", data=str(data_file), out=str(Path(scratch) / "torch"), image_size=size,
-            backbone="resnet18", width=args.width, cifar_stem=True, temperature=args.temperature,
-            color_strength=args.color_strength, epochs=args.epochs, batch_size=args.batch_size,
+            backbone="resnet18", width=args.width, cifar_stem=True,
+            method_args={"temperature": args.temperature, "color_strength": args.color_strength},
+            epochs=args.epochs, batch_size=args.batch_size,
             optimizer="lars", base_lr=args.base_lr, weight_decay=args.weight_decay,
             warmup_epochs=args.warmup_epochs, online_probe=False, eval_at_end=False, progress=False,
             device="cpu", seed=args.seed)

@@ -13,7 +13,8 @@ from selfsup.data.datasets import ImageData, load_image_data, load_test_split
 from selfsup.files import write_json
 from selfsup.models import ResNetBackbone, backbone_config
 from selfsup.run_folder import claim_run_folder, release_run_folder
-from selfsup.train.loop import TrainedRun, check_batch_size, start_processes, train
+from selfsup.train.build import check_batch_size
+from selfsup.train.loop import TrainedRun, start_processes, train
 
 
 @dataclass

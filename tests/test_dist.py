@@ -28,7 +28,7 @@ from selfsup.losses import NTXentLoss
 from selfsup.methods import BYOL
 from selfsup.models import ResNetBackbone
 from selfsup.train import loop
-from selfsup.train.loop import build_backbone, build_method
+from selfsup.train.build import build_backbone, build_method
 
 WORLD = 2
 GLOBAL_BATCH = 8  # for the loss cases; 4 rows per rank

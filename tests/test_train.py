@@ -122,7 +122,7 @@ def test_resume_from_mid_epoch_is_bitwise_exact(tmp_path, method, extra, digits_
 def test_channels_last_follows_the_device_and_computes_what_nchw_computes(tmp_path, digits_subset, method):
     import copy
 
-    from selfsup.train.loop import build_backbone, build_method
+    from selfsup.train.build import build_backbone, build_method
 
     assert PretrainConfig().channels_last is None  # on for CUDA, off on CPU
     run = pretrain(_config(tmp_path, "cpu", digits_subset, method=method, max_steps=1), log=lambda *_: None)

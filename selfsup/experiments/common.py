@@ -36,7 +36,7 @@ from selfsup.eval.features import extract_features
 from selfsup.eval.knn import knn_accuracy
 from selfsup.files import write_json
 from selfsup.schedules import scaled_learning_rate
-from selfsup.train.loop import auto_image_size, build_backbone, build_batches, build_method, channel_stats
+from selfsup.train.build import auto_image_size, build_backbone, build_batches, build_method, channel_stats
 from selfsup.train.optim import build_optimizer, build_scheduler
 from selfsup.train.step import NonFiniteLossError, TrainingStep
 

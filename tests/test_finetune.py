@@ -156,7 +156,7 @@ def test_eval_command_prints_and_saves_the_low_label_table(tmp_path, capsys):
                  "--batch-size", "32", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     assert "fine-tune top-1" in printed and "10%" in printed and "20%" in printed
-    rows = json.loads((tmp_path / "eval.json").read_text())["low_label"]
+    rows = json.loads((tmp_path / "eval_digits.json").read_text())["low_label"]
     train_labels = load_digits_data("train").labels
     assert [r["labelled_images"] for r in rows] == [len(balanced_subset(train_labels, f)) for f in (0.1, 0.2)]
     assert main(["eval", "--checkpoint", str(out / "backbone.pt"), "--low-label-fractions", "1.5"]) == 2

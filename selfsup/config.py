@@ -59,8 +59,9 @@ class PretrainConfig:
     width: float = 1.0
     # 3x3 stride-1 first convolution and no max-pool (SimCLR's CIFAR-10 setup); None: on for images <= 64 px.
     cifar_stem: bool | None = None
-    # Smallest crop area fraction of the views' random resized crop (both papers: 0.08).
-    crop_min_scale: float = 0.08
+    # Smallest crop area fraction of the views' random resized crop, for every view; None: the method's recipe's
+    # (SimCLR and BYOL: 0.08; SimSiam and MoCo v2: 0.2).
+    crop_min_scale: float | None = None
     # Gaussian blur in the views; None: off for images <= 64 px (SimCLR's CIFAR-10 setup), the recipe's above.
     blur: bool | None = None
     # Passes over the training data; the learning-rate and momentum schedules span them all.
@@ -146,7 +147,7 @@ class PretrainConfig:
         for name in ("image_size", "crop_size"):
             if getattr(self, name) is not None and getattr(self, name) < 8:
                 raise ConfigError(f"setting '{name}' must be >= 8, got {getattr(self, name)}")
-        if not 0 < self.crop_min_scale <= 1:
+        if self.crop_min_scale is not None and not 0 < self.crop_min_scale <= 1:
             raise ConfigError(f"setting 'crop_min_scale' must be in (0, 1], got {self.crop_min_scale}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ConfigError(f"setting 'max_steps' must be >= 1, got {self.max_steps}")

@@ -59,7 +59,9 @@ def build_batches(config: PretrainConfig, data: ImageData, crop_size: int, mean,
     """The epoch's batches of two views, by the method's view recipes; augmented on the device when the images
     are in memory, by DataLoader workers when they stream from disk."""
     recipes = method_class(config.method).view_recipes(config.method_args, crop_size, mean, std, config.blur)
-    first, second = (dataclasses.replace(view, crop_scale=(config.crop_min_scale, 1.0)) for view in recipes)
+    if config.crop_min_scale is not None:
+        recipes = [dataclasses.replace(view, crop_scale=(config.crop_min_scale, 1.0)) for view in recipes]
+    first, second = recipes
     rank, world = dist.rank(), dist.world_size()
     if data.in_memory:
         try:

@@ -1,4 +1,4 @@
-"""``selfsup experiment temperature`` and ``selfsup experiment byol-ablation``: the command-line side.
+"""``selfsup experiment temperature``, ``byol-ablation`` and ``text``: the command-line side.
 
 Each experiment's flags come from its settings class (:mod:`selfsup.flags`): the pretraining settings it uses
 and its own. Each writes OUT/report.md with PNG figures, OUT/results.json, and prints its table.
@@ -48,6 +48,7 @@ def add_experiment_parser(subparsers, argv: list[str] | None = None) -> argparse
     ``argv`` is recorded in the reports as the command that made them (default: ``sys.argv``)."""
     from selfsup.experiments.byol_ablation import ByolAblationSettings
     from selfsup.experiments.temperature import TemperatureSettings
+    from selfsup.experiments.text import TextExperimentSettings
 
     experiment = subparsers.add_parser("experiment", help="experiments that answer the classic questions, "
                                        "with a Markdown report and figures")
@@ -56,7 +57,10 @@ def add_experiment_parser(subparsers, argv: list[str] | None = None) -> argparse
             ("temperature", TemperatureSettings, "selfsup.experiments.temperature.run_temperature_experiment",
              "SimCLR over temperatures: kNN accuracy, similarity distributions, weight of the hardest negatives"),
             ("byol-ablation", ByolAblationSettings, "selfsup.experiments.byol_ablation.run_byol_ablation",
-             "BYOL vs no predictor vs no EMA vs a random target: which collapse")):
+             "BYOL vs no predictor vs no EMA vs a random target: which collapse"),
+            ("text", TextExperimentSettings, "selfsup.experiments.text.run_text_experiment",
+             "does contrastive learning carry over to text? SimCSE from scratch on offline text, against "
+             "random init and TF-IDF")):
         parser = commands.add_parser(name, help=text, description=text)
         add_settings_flags(parser, settings_class)
         parser.set_defaults(func=_runner(runner), argv=argv)

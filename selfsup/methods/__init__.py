@@ -7,15 +7,25 @@ here (see :mod:`selfsup.methods.base` for what the class holds). A user's own me
     METHODS["my-method"] = MyMethod
 """
 
+from selfsup.methods.barlow_twins import BarlowTwins, BarlowTwinsSettings
 from selfsup.methods.base import Method
 from selfsup.methods.byol import BYOL, BYOLSettings
+from selfsup.methods.moco_v2 import MoCoV2, MoCoV2Settings
+from selfsup.methods.moco_v3 import MoCoV3, MoCoV3Settings
 from selfsup.methods.momentum import cosine_momentum, ema_update_, frozen_copy
 from selfsup.methods.output import MethodOutput
 from selfsup.methods.simclr import SimCLR, SimCLRSettings
+from selfsup.methods.simsiam import SimSiam, SimSiamSettings
+from selfsup.methods.vicreg import VICReg, VICRegSettings
 
 METHODS: dict[str, type[Method]] = {
     "byol": BYOL,
     "simclr": SimCLR,
+    "simsiam": SimSiam,
+    "moco-v2": MoCoV2,
+    "moco-v3": MoCoV3,
+    "barlow-twins": BarlowTwins,
+    "vicreg": VICReg,
 }
 
 
@@ -28,5 +38,6 @@ def method_class(name: str) -> type[Method]:
                          f"{', '.join(sorted(METHODS))}") from None
 
 
-__all__ = ["BYOL", "BYOLSettings", "METHODS", "Method", "MethodOutput", "SimCLR", "SimCLRSettings",
-           "cosine_momentum", "ema_update_", "frozen_copy", "method_class"]
+__all__ = ["BYOL", "BYOLSettings", "METHODS", "BarlowTwins", "BarlowTwinsSettings", "Method", "MethodOutput", "MoCoV2",
+           "MoCoV2Settings", "MoCoV3", "MoCoV3Settings", "SimCLR", "SimCLRSettings", "SimSiam", "SimSiamSettings",
+           "VICReg", "VICRegSettings", "cosine_momentum", "ema_update_", "frozen_copy", "method_class"]

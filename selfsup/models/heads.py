@@ -7,10 +7,12 @@ from collections.abc import Sequence
 from torch import nn
 
 
-def mlp(dims: Sequence[int], batch_norm: bool = True, last_batch_norm: bool = False) -> nn.Sequential:
+def mlp(dims: Sequence[int], batch_norm: bool = True, last_batch_norm: bool = False,
+        last_affine: bool = True) -> nn.Sequential:
     """Linear layers through ``dims`` = (in, hidden..., out), with BatchNorm + ReLU between them.
 
-    The last layer has no ReLU (and BatchNorm only when ``last_batch_norm``). Linear layers that
+    The last layer has no ReLU (and BatchNorm only when ``last_batch_norm``; that BatchNorm has no scale and
+    shift when ``last_affine`` is False, as in the heads of SimSiam's and MoCo v3's code). Linear layers that
     are followed by BatchNorm carry no bias, since BatchNorm's shift makes it redundant.
     """
     if len(dims) < 2:
@@ -23,7 +25,7 @@ def mlp(dims: Sequence[int], batch_norm: bool = True, last_batch_norm: bool = Fa
         with_bn = batch_norm and (not is_last or last_batch_norm)
         layers.append(nn.Linear(d_in, d_out, bias=not with_bn))
         if with_bn:
-            layers.append(nn.BatchNorm1d(d_out))
+            layers.append(nn.BatchNorm1d(d_out, affine=last_affine or not is_last))
         if not is_last:
             layers.append(nn.ReLU(inplace=True))
     return nn.Sequential(*layers)

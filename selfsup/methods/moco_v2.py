@@ -69,8 +69,7 @@ class MoCoV2Settings:
 
 def moco_v2_view(image_size: int, mean=CIFAR10_MEAN, std=CIFAR10_STD, blur: bool | None = None) -> ViewConfig:
     """MoCo v2's augmentation (Chen et al. 2020, sec. 2; SimSiam's too): crop 0.2-1, flip, jitter (0.4, 0.4,
-    0.4, 0.1) with p=0.8, grayscale p=0.2, blur p=0.5 (off by default at <= 64 px, as SimCLR's CIFAR-10 setup).
-    The loop's ``crop_min_scale`` replaces the crop's 0.2: recipes of this augmentation set it."""
+    0.4, 0.1) with p=0.8, grayscale p=0.2, blur p=0.5 (off by default at <= 64 px, as SimCLR's CIFAR-10 setup)."""
     if blur is None:
         blur = image_size > SMALL_IMAGE_SIDE
     return ViewConfig(crop_size=image_size, crop_scale=(0.2, 1.0), brightness=0.4, contrast=0.4, saturation=0.4,

@@ -45,7 +45,7 @@ class TextExperimentSettings:
 
     # folder of Debian's fortune files, one topic per file (apt-get install fortunes)
     fortunes: str = DEFAULT_FORTUNES_DIR
-    # fortune files whose fortunes are the topic classes (default: 17 files named after a subject)
+    # fortune files whose fortunes are the topic classes: 17 files named after a subject
     topics: tuple[str, ...] = DEFAULT_TOPICS
     # folder of WordNet's data files (apt-get install wordnet-base)
     wordnet: str = DEFAULT_WORDNET_DIR
@@ -89,11 +89,12 @@ class TextExperimentSettings:
     deletion_probability: float = 0.1
     # augmented views: tokens are shuffled within consecutive windows of this many (1: no reordering)
     reorder_window: int = 3
-    # BYOL's target momentum at step 0, raised to 1 by BYOL's cosine schedule
+    # BYOL's target momentum at step 0, raised to 1 by BYOL's cosine schedule (BYOL: 0.996 for 300+ epochs;
+    # lower for a run of a thousand steps, so that the target moves)
     byol_base_momentum: float = 0.99
     # neighbours of the kNN topic probe
     knn_k: int = 20
-    # (example, definition) pairs of the retrieval test: each example ranks all these definitions
+    # (example, entry) pairs of the retrieval test: each held-out example sentence ranks all these entries
     retrieval_pairs: int = 1000
     # pairs of noun definitions scored by Wu-Palmer similarity, for the Spearman correlation
     similarity_pairs: int = 2000
@@ -190,10 +191,12 @@ def _run(settings: TextExperimentSettings, command: str, log: Log) -> dict:
     sequences = [[vocabulary.encode(t, settings.max_length) for t in benchmark.corpus[source]]
                  for source in ("fortunes", "wordnet")]
     runs = _runs(settings)
-    texts_per_evaluation = 2 * sum(benchmark.sizes().values()) - sum(len(s) for s in sequences)
-    evaluation_units = max(1, math.ceil(texts_per_evaluation / (2 * settings.batch_size)))
-    # The ETA's unit is a training step; an evaluation counts as one step per 2 x batch texts it encodes and
-    # probes, the TF-IDF baseline (linear probe over the whole vocabulary) as four evaluations.
+    texts = sum(map(len, benchmark.probe.values())) + 2 * sum(
+        len(pairs) for pairs in (*benchmark.retrieval.values(), *benchmark.similarity.values()))
+    # The ETA's unit is a training step; an evaluation (val and test) counts as one step per batch of the texts
+    # it reads (about what it cost in measured runs), the TF-IDF baseline (a linear probe over the whole
+    # vocabulary) as four evaluations.
+    evaluation_units = max(1, math.ceil(texts / settings.batch_size))
     bar = tqdm(total=len(runs) * (settings.steps + evaluation_units) + 5 * evaluation_units, unit="step",
                desc="text experiment", disable=not settings.progress, dynamic_ncols=True)
 
@@ -283,7 +286,7 @@ def _figures(out: Path, results: list[EncoderResult], benchmark: TextBenchmark, 
     shown = [r for r in results if r.name in ("tfidf", "random")]
     shown += [max(trained, key=lambda r: r.selection_score)] if trained else []
     figure, axes = new_figure(len(shown), panel_size=(4.2, 3.8))
-    figures.draw_map(list(axes[0]), shown, benchmark.probe["test"].labels, seed)
+    figures.draw_map(list(axes[0]), shown, benchmark.probe["test"].labels, benchmark.probe["test"].classes, seed)
     topic_map = save("map.png", figure)
     monitors = None
     if trained:
@@ -294,7 +297,7 @@ def _figures(out: Path, results: list[EncoderResult], benchmark: TextBenchmark, 
              "Dropout + token edits at each temperature (line), dropout only at the temperature chosen on validation "
              "(star), and horizontal lines for BYOL-style, random init and TF-IDF."),
             ("Cosine similarities of test retrieval pairs", similarities,
-             "An example sentence with its own definition, and with five other definitions of the pool."),
+             "An example sentence with its own entry, and with five other entries of the pool."),
             ("Map of test fortunes coloured by topic (t-SNE)", topic_map,
              "TF-IDF, random init and the variant chosen on validation."),
             ("Loss and collapse monitors during training", monitors, "")]
@@ -341,7 +344,7 @@ def _report(out: Path, settings: TextExperimentSettings, benchmark: TextBenchmar
              "Test split; all scores in %. Topic probe: fortunes, "
              f"{len(benchmark.probe['train'].classes)} topics (kNN k = {settings.knn_k}, linear: L-BFGS logistic "
              "regression). Retrieval: each held-out WordNet example sentence ranks "
-             f"{pool} definitions (chance {100 / max(pool, 1):.2f}). "
+             f"{pool} dictionary entries, words and definition (chance {100 / max(pool, 1):.2f}). "
              "Spearman: cosine of two held-out noun definitions against the Wu-Palmer similarity of their synsets. "
              "'val mean' is the mean of the four validation scores, which chose the temperature (among the augmented "
              "runs) that the dropout-only run uses.", "", markdown_table(HEADER, rows), "",

@@ -128,6 +128,11 @@ class Synset:
     hypernyms: tuple[str, ...]  # keys of the synsets this one is a kind (@) or an instance (@i) of
 
     @property
+    def headword_definition(self) -> str:
+        """The entry without its examples: ``words: definition``."""
+        return f"{', '.join(self.words)}: {self.definition}"
+
+    @property
     def entry(self) -> str:
         """The dictionary entry as one text: ``words: definition; "example"; ...``."""
         words = ", ".join(self.words)

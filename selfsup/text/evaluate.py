@@ -130,8 +130,8 @@ class EncoderResult:
 
 
 def retrieval_cosines(features: FeatureFunction, benchmark: TextBenchmark) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cosines of the test (example, own definition) pairs and of (example, another definition) pairs, five
-    other definitions per example (shifted by 1 to 5 in the pool)."""
+    """Cosines of the test (example, own entry) pairs and of (example, another entry) pairs, five other
+    entries per example (shifted by 1 to 5 in the pool)."""
     pairs = benchmark.retrieval["test"]
     queries, keys = features(pairs.first), features(pairs.second)
     negatives = torch.cat([pair_cosines(queries, keys.roll(shift, dims=0)) for shift in range(1, 6)])

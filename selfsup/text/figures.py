@@ -39,19 +39,21 @@ def draw_scores(axes: Sequence, results: Sequence[EncoderResult]) -> None:
 
 def draw_similarities(axes: Sequence, results: Sequence[EncoderResult]) -> None:
     """Per encoder (one axis each): histograms of the cosine between a test example sentence and its own
-    definition, and between it and other definitions of the pool."""
+    entry, and between it and other entries of the pool."""
     for axis, r in zip(axes, results):
         positives, negatives = (c.numpy() for c in r.cosines)
         bins = np.linspace(min(positives.min(), negatives.min()), 1.0, 41)
-        axis.hist(negatives, bins=bins, density=True, alpha=0.6, label="other definitions")
-        axis.hist(positives, bins=bins, density=True, alpha=0.6, label="own definition")
+        axis.hist(negatives, bins=bins, density=True, alpha=0.6, label="other entries")
+        axis.hist(positives, bins=bins, density=True, alpha=0.6, label="own entry")
         axis.set_title(r.label, fontsize=7)
-        axis.set_xlabel("cosine (example, definition)", fontsize=7)
+        axis.set_xlabel("cosine (example, entry)", fontsize=7)
     axes[0].legend(fontsize=6)
 
 
-def draw_map(axes: Sequence, results: Sequence[EncoderResult], labels: Sequence[int], seed: int = 0) -> None:
-    """Per encoder: t-SNE (after PCA to 50 dimensions) of its features of the test fortunes, coloured by topic."""
+def draw_map(axes: Sequence, results: Sequence[EncoderResult], labels: Sequence[int], classes: Sequence[str],
+             seed: int = 0) -> None:
+    """Per encoder: t-SNE (after PCA to 50 dimensions) of its features of the test fortunes, coloured by topic
+    (the legend on the last axis)."""
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
 
@@ -59,10 +61,12 @@ def draw_map(axes: Sequence, results: Sequence[EncoderResult], labels: Sequence[
         x = r.map_features.numpy()
         x = PCA(n_components=min(50, *x.shape), random_state=seed).fit_transform(x)
         points = TSNE(2, perplexity=min(30.0, (len(x) - 1) / 3), init="pca", random_state=seed).fit_transform(x)
-        axis.scatter(points[:, 0], points[:, 1], c=list(labels), cmap="tab20", s=3, vmin=0, vmax=19)
+        scatter = axis.scatter(points[:, 0], points[:, 1], c=list(labels), cmap="tab20", s=3, vmin=0, vmax=19)
         axis.set_title(r.label, fontsize=8)
         axis.set_xticks([])
         axis.set_yticks([])
+    handles = scatter.legend_elements(num=list(range(len(classes))))[0]
+    axes[-1].legend(handles, list(classes), fontsize=5, loc="center left", bbox_to_anchor=(1.0, 0.5))
 
 
 def draw_monitors(axes: Sequence, results: Sequence[EncoderResult]) -> None:

@@ -1,13 +1,13 @@
 """Does contrastive learning carry over to language? SimCSE (Gao, Yao and Chen 2021) from scratch on a CPU.
 
 One command trains a small Transformer sentence encoder with NT-Xent (:class:`selfsup.losses.NTXentLoss`,
-unchanged from the image side) on two views of each text: SimCSE's two dropout masks at several
-temperatures, dropout plus token edits ("augmented"), and a BYOL-style variant without negatives. Every
-variant starts from the same weights and sees the same batches. Each is evaluated frozen, beside the same
-encoder at random initialisation and a TF-IDF bag of words: kNN and linear topic probes on fortunes,
-recall@1 of definitions from example sentences on held-out WordNet synsets, and the Spearman correlation
-of cosine similarity with WordNet's Wu-Palmer similarity. Recipes are chosen on the validation split; the
-test split is only reported.
+unchanged from the image side) on two views of each text: dropout plus token edits ("augmented") at several
+temperatures, SimCSE's two dropout masks alone at the temperature validation chose, and a BYOL-style variant
+without negatives. Every variant starts from the same weights and sees the same batches. Each is evaluated
+frozen, beside the same encoder at random initialisation and a TF-IDF bag of words: kNN and linear topic
+probes on fortunes, recall@1 of dictionary entries from example sentences on held-out WordNet synsets, and
+the Spearman correlation of cosine similarity with WordNet's Wu-Palmer similarity. Recipes are chosen on the
+validation split; the test split is only reported.
 """
 
 from __future__ import annotations
@@ -245,7 +245,11 @@ def _run(settings: TextExperimentSettings, command: str, log: Log) -> dict:
                                diverged=trained.diverged)
         if trained.embeddings is not None and not trained.diverged:
             result.warning = collapse_warning(embedding_monitors(*trained.embeddings), settings.projection_dim)
-        results.append(score_encoder(result, features_of(encoder), benchmark, settings.knn_k, settings.seed))
+        if trained.diverged:  # nothing to score: its features may be NaN
+            result.val = result.test = dict.fromkeys(METRICS, math.nan)
+            results.append(result)
+        else:
+            results.append(score_encoder(result, features_of(encoder), benchmark, settings.knn_k, settings.seed))
         bar.update(evaluation_units)
         log(f"[{name}] {trained.seconds:.0f} s  val " + "  ".join(f"{k} {v:.2f}" for k, v in result.val.items())
             + (f"  WARNING {result.warning}" if result.warning else ""))
@@ -276,11 +280,12 @@ def _figures(out: Path, results: list[EncoderResult], benchmark: TextBenchmark, 
     figure, axes = new_figure(4, panel_size=(3.6, 3.0))
     figures.draw_scores(list(axes[0]), results)
     scores = save("accuracy.png", figure)
-    columns = min(4, len(results))
-    figure, axes = new_figure(columns, math.ceil(len(results) / columns), panel_size=(3.4, 2.6))
-    for axis in axes.flat[len(results):]:
+    scored = [r for r in results if r.cosines is not None]
+    columns = min(4, len(scored))
+    figure, axes = new_figure(columns, math.ceil(len(scored) / columns), panel_size=(3.4, 2.6))
+    for axis in axes.flat[len(scored):]:
         axis.set_visible(False)
-    figures.draw_similarities(list(axes.flat), results)
+    figures.draw_similarities(list(axes.flat), scored)
     similarities = save("similarities.png", figure)
     trained = [r for r in results if r.rows and not r.diverged]
     shown = [r for r in results if r.name in ("tfidf", "random")]

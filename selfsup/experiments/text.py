@@ -37,6 +37,8 @@ from selfsup.text.views import TokenAugmentation
 Log = Callable[[str], None]
 Variant = Literal["dropout", "augmented", "byol"]
 VARIANTS: tuple[Variant, ...] = ("dropout", "augmented", "byol")
+# The text experiment's own BYOL-style variant (predictor and moving-average target, no negatives).
+PREDICTOR_TARGET: Variant = "byol"
 
 
 @dataclass(frozen=True)
@@ -225,7 +227,7 @@ def _run(settings: TextExperimentSettings, command: str, log: Log) -> dict:
             temperature = max(swept, key=lambda r: r.selection_score).temperature if swept else settings.temperatures[0]
             name = f"dropout-t{temperature:g}"
         encoder = new_encoder()
-        if variant == "byol":
+        if variant == PREDICTOR_TARGET:
             method = TextBYOL(encoder, settings.projection_hidden_dim, settings.projection_dim,
                               settings.projection_hidden_dim)
             label = "BYOL-style (augmented views, no negatives)"
@@ -238,7 +240,7 @@ def _run(settings: TextExperimentSettings, command: str, log: Log) -> dict:
         trained = train_text_method(
             method, vocabulary, batches, TokenAugmentation() if variant == "dropout" else augmentation,
             settings.steps, settings.learning_rate, settings.weight_decay, settings.seed,
-            momentum_at=(lambda s, n: cosine_momentum(s, n, settings.byol_base_momentum)) if variant == "byol"
+            momentum_at=(lambda s, n: cosine_momentum(s, n, settings.byol_base_momentum)) if variant == PREDICTOR_TARGET
             else None, log_every=settings.log_every, device=device, on_step=lambda: bar.update(1), log=log,
             name=name)
         result = EncoderResult(name, label, temperature, rows=trained.rows, seconds=trained.seconds,

@@ -32,7 +32,7 @@ from selfsup import dist
 from selfsup.data.datasets import SMALL_IMAGE_SIDE
 from selfsup.losses import InfoNCELoss
 from selfsup.methods.base import Method
-from selfsup.methods.momentum import cosine_momentum, ema_update_, frozen_copy
+from selfsup.methods.momentum import ema_update_, frozen_copy, scheduled_momentum
 from selfsup.methods.output import MethodOutput
 from selfsup.models.heads import mlp
 from selfsup.transforms.views import CIFAR10_MEAN, CIFAR10_STD, ViewConfig
@@ -148,9 +148,7 @@ class MoCoV2(Method):
         self.queue_pointer.copy_((self.queue_pointer + keys.shape[0]) % size)
 
     def momentum_at(self, step: int, total_steps: int) -> float:
-        if self.momentum_schedule == "constant":
-            return self.momentum_base
-        return cosine_momentum(step, total_steps, self.momentum_base)
+        return scheduled_momentum(self.momentum_schedule, self.momentum_base, step, total_steps)
 
     @torch.no_grad()
     def update_target(self, momentum: float) -> None:

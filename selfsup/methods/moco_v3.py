@@ -22,7 +22,7 @@ from torch import nn
 from selfsup.losses import InfoNCELoss
 from selfsup.methods.base import Method
 from selfsup.methods.byol import byol_views
-from selfsup.methods.momentum import cosine_momentum, ema_update_, frozen_copy
+from selfsup.methods.momentum import ema_update_, frozen_copy, scheduled_momentum
 from selfsup.methods.output import MethodOutput
 from selfsup.models.heads import mlp
 
@@ -115,9 +115,7 @@ class MoCoV3(Method):
                             embeddings=(projection1.detach(), projection2.detach()))
 
     def momentum_at(self, step: int, total_steps: int) -> float:
-        if self.momentum_schedule == "constant":
-            return self.momentum_base
-        return cosine_momentum(step, total_steps, self.momentum_base)
+        return scheduled_momentum(self.momentum_schedule, self.momentum_base, step, total_steps)
 
     @torch.no_grad()
     def update_target(self, momentum: float) -> None:

@@ -56,3 +56,11 @@ def cosine_momentum(step: int, total_steps: int, base: float = 0.996) -> float:
         raise ValueError(f"cosine_momentum: total_steps must be > 0, got {total_steps}")
     progress = min(max(step / total_steps, 0.0), 1.0)
     return 1.0 - (1.0 - base) * (math.cos(math.pi * progress) + 1.0) / 2.0
+
+
+def scheduled_momentum(schedule: str, base: float, step: int, total_steps: int) -> float:
+    """A target network's momentum at ``step``: ``base`` throughout (``"constant"``) or :func:`cosine_momentum`
+    from ``base`` to 1 (``"cosine"``)."""
+    if schedule == "constant":
+        return base
+    return cosine_momentum(step, total_steps, base)

@@ -30,9 +30,9 @@ from selfsup.transforms import (
     CIFAR10_STD,
     IMAGENET_MEAN,
     IMAGENET_STD,
-    BatchedTwoViews,
+    BatchedViews,
     BatchedViewAugment,
-    TwoViewTransform,
+    MultiViewTransform,
     view_transform,
 )
 
@@ -101,7 +101,7 @@ def per_image_runner(transform, images: list[Image.Image]):
     return run
 
 
-def batched_runner(transform: BatchedTwoViews, images: list[Image.Image], batch_size: int):
+def batched_runner(transform: BatchedViews, images: list[Image.Image], batch_size: int):
     def run() -> None:
         # From the same PIL images: the stacking into a uint8 batch is part of the cost.
         for start in range(0, len(images), batch_size):
@@ -158,16 +158,16 @@ def main() -> None:
         for method in args.methods:
             recipes = method_views(method, size, mean, std)
             runners = {
-                "selfsup batched": batched_runner(BatchedTwoViews(*map(BatchedViewAugment, recipes)), images,
+                "selfsup batched": batched_runner(BatchedViews(*map(BatchedViewAugment, recipes)), images,
                                                   args.batch_size),
-                "selfsup per-image v2": per_image_runner(TwoViewTransform(*map(view_transform, recipes)), images),
+                "selfsup per-image v2": per_image_runner(MultiViewTransform(*map(view_transform, recipes)), images),
             }
             if lightly_version:
                 runners["lightly per-image PIL"] = per_image_runner(
                     lightly_pipelines(method, size, mean, std), images)
             if args.compile_hue:
                 runners["batched, compiled hue"] = with_compiled_hue(batched_runner(
-                    BatchedTwoViews(*map(BatchedViewAugment, recipes)), images, args.batch_size))
+                    BatchedViews(*map(BatchedViewAugment, recipes)), images, args.batch_size))
             for run in runners.values():  # warm-up
                 run()
             seconds: dict[str, list[float]] = {name: [] for name in runners}

@@ -2,7 +2,7 @@
 
 selfsup   pretraining's parts on a folder of CIFAR-10 JPEGs: the images are decoded once into a uint8
           tensor (a one-time cost, timed and reported on its own) and each batch is augmented on the
-          device by ``BatchedTwoViews``; then ``selfsup.train.step.TrainingStep`` (method, loss, LARS,
+          device by ``BatchedViews``; then ``selfsup.train.step.TrainingStep`` (method, loss, LARS,
           schedule, EMA), the step ``selfsup pretrain`` runs.
 lightly   the equivalent script in lightly's style: torchvision ``ImageFolder`` with lightly's
           ``SimCLRTransform`` / ``BYOLTransform`` (same recipe: blur off at 32 px) in a ``DataLoader``
@@ -111,11 +111,12 @@ def run_selfsup(args: argparse.Namespace) -> dict:
     optimizer = build_optimizer("lars", method.learnable_parameters(),
                                 scaled_learning_rate(hyper.base_lr, config.batch_size), hyper.weight_decay)
     step = TrainingStep(method, optimizer, build_scheduler(optimizer, total_steps, min(10 * len(batches),
-                                                                                      total_steps)), total_steps)
+                                                                                      total_steps)), total_steps,
+                        len(batches))
     clock = StepClock()
     clock.tick()
-    for index, (view1, view2, _) in enumerate(batches.epoch(0)):  # request k to request k + 1
-        step(view1, view2, index)
+    for index, (*views, _) in enumerate(batches.epoch(0)):  # request k to request k + 1
+        step(views, index)
         clock.tick()
         if index + 1 >= args.steps:
             break

@@ -9,7 +9,7 @@ Three variants per method, alternating block after block (``--steps`` steps each
   step      selfsup's step from the same views: method forward, loss, backward, LARS, zero_grad,
             BYOL's foreach EMA update.
   pipeline  the step from uint8 images in pinned host memory: a non-blocking copy to the device, the
-            batched augmentation there (``BatchedTwoViews``, per-image parameters), then the step.
+            batched augmentation there (``BatchedViews``, per-image parameters), then the step.
 
 Prints images/s, the ratios to the floor, and peak GPU memory (peak RSS on CPU), then one JSON line.
 
@@ -37,7 +37,7 @@ from torch import nn
 from selfsup.methods import BYOL, SimCLR
 from selfsup.models import ResNetBackbone
 from selfsup.train.optim import build_optimizer
-from selfsup.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchedTwoViews, BatchedViewAugment
+from selfsup.transforms import IMAGENET_MEAN, IMAGENET_STD, BatchedViews, BatchedViewAugment
 
 LR, WEIGHT_DECAY, MOMENTUM_EMA = 0.3, 1e-6, 0.996
 VARIANTS = ("floor", "step", "pipeline")
@@ -79,7 +79,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, autocast: Cal
     return step
 
 
-def pipeline_step(step: Callable, two_views: BatchedTwoViews, host_images: torch.Tensor, batch_size: int,
+def pipeline_step(step: Callable, two_views: BatchedViews, host_images: torch.Tensor, batch_size: int,
                   device: torch.device, memory_format: torch.memory_format) -> Callable[[], None]:
     """Images from pinned host memory to the device without blocking, augmented there, then the step."""
     generator = torch.Generator(device=device).manual_seed(0)
@@ -145,7 +145,7 @@ def main() -> None:
         optimizer = build_optimizer("lars", model, lr=LR, weight_decay=WEIGHT_DECAY)
         step = train_step(model, optimizer, autocast)
         settings = type(model).Settings()
-        two_views = BatchedTwoViews(*map(BatchedViewAugment, type(model).view_recipes(
+        two_views = BatchedViews(*map(BatchedViewAugment, type(model).view_recipes(
             settings, args.image_size, IMAGENET_MEAN, IMAGENET_STD, None)))
         variants = {"floor": floor_step(method, model, views, autocast),
                     "step": functools.partial(step, *views),

@@ -8,8 +8,10 @@ From an augmented batch in memory (two views), on CPU, ResNet-18 with the CIFAR 
            target's forward of each view under no_grad. Nothing else: no loss, no optimizer.
            SimSiam: online forward + backward (backbone, projector, predictor) of each view; MoCo v2: the
            query's forward + backward of view 1 and the key encoder's forward of view 2; MoCo v3: as BYOL;
-           Barlow Twins and VICReg: forward + backward of backbone and projector of each view. Every method
-           at its paper's head sizes.
+           Barlow Twins and VICReg: forward + backward of backbone and projector of each view; DINO: the
+           student's forward + backward of the two global views together and of the local views together
+           (backbone and head), the teacher's forward of the global views. Every method at its paper's head
+           sizes (DINO: the paper's 8 local views of 96/224 of the side, 14 px at 32).
   selfsup  the method's forward, loss, backward, LARS step, zero_grad and (BYOL) the EMA update.
   lightly  the same step written with lightly's parts (heads, NTXentLoss / NegativeCosineSimilarity,
            LARS, update_momentum), when lightly is importable.
@@ -55,8 +57,15 @@ def backbone(width: float) -> nn.Module:
     return ResNetBackbone("resnet18", cifar_stem=True, width=width)
 
 
-def floor_step(method: str, model: nn.Module, view1, view2, dtype: str) -> Callable[[], None]:
+def method_views(method: str, batch: int, size: int) -> list[torch.Tensor]:
+    """The views a step of ``method`` takes: its recipes' sizes (two, or DINO's multi-crop), random pixels."""
+    recipes = METHODS[method].view_recipes(METHODS[method].Settings(), size, (0.5,) * 3, (0.25,) * 3, None)
+    return [torch.randn(batch, 3, recipe.crop_size, recipe.crop_size) for recipe in recipes]
+
+
+def floor_step(method: str, model: nn.Module, views: list[torch.Tensor], dtype: str) -> Callable[[], None]:
     """(a) Only the networks' forward and backward passes."""
+    view1, view2 = views[:2]
     def simclr() -> None:
         with autocast(dtype):
             projections = model.projector(model.backbone(torch.cat([view1, view2])))
@@ -81,7 +90,17 @@ def floor_step(method: str, model: nn.Module, view1, view2, dtype: str) -> Calla
 
         return run
 
-    steps = {"simclr": simclr,
+    def dino() -> None:
+        with autocast(dtype):
+            student = [model.head(model.backbone(torch.cat(views[:2])))[0]]
+            if len(views) > 2:
+                student.append(model.head(model.backbone(torch.cat(views[2:])))[0])
+            with torch.no_grad():
+                model.teacher_head(model.teacher_backbone(torch.cat(views[:2])))
+        sum(z.float().sum() for z in student).backward()
+        model.zero_grad(set_to_none=True)
+
+    steps = {"simclr": simclr, "dino": dino,
              "byol": online_and_target(True, ("target_backbone", "target_projector")),
              "simsiam": online_and_target(True, None),
              "moco-v2": online_and_target(False, ("key_backbone", "key_projector"), (view1,), (view2,)),
@@ -91,33 +110,39 @@ def floor_step(method: str, model: nn.Module, view1, view2, dtype: str) -> Calla
     return steps[method]
 
 
-def selfsup_step(method: str, model: nn.Module, view1, view2, dtype: str,
+def selfsup_step(method: str, model: nn.Module, views: list[torch.Tensor], dtype: str,
                  optimizer: torch.optim.Optimizer) -> Callable[[], None]:
     """(b) selfsup's full training step: :class:`selfsup.train.step.TrainingStep`, the one ``selfsup
     pretrain`` runs (forward, loss check, backward, LARS, schedule, the method's momentum update)."""
     total_steps = 10**6  # a schedule long enough that the benchmark never reaches its end
     training_step = TrainingStep(model, optimizer, build_scheduler(optimizer, total_steps, 0), total_steps,
-                                 precision=dtype)
+                                 1, precision=dtype)  # an epoch a step: past DINO's frozen first epoch
     steps = itertools.count()
 
     def step() -> None:
-        training_step(view1, view2, next(steps))
+        training_step(views, next(steps))
 
     return step
 
 
-def overhead_parts(method: str, model: nn.Module, optimizer: torch.optim.Optimizer, batch: int,
+def overhead_parts(method: str, model: nn.Module, optimizer: torch.optim.Optimizer, views: list[torch.Tensor],
                    repeats: int) -> dict[str, float]:
     """Median seconds of each part of the step beyond the floor, timed alone (less noisy than the
     difference of two whole steps): the loss's forward and backward on embeddings of the step's
     shapes, the LARS step and zero_grad on the model's gradients, and the EMA update."""
+    batch = views[0].shape[0]
     with torch.no_grad():  # the embeddings' size, from one forward pass
-        dim = model(torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)).embeddings[0].shape[1]
+        dim = model(*(view[:2] for view in views)).embeddings[0].shape[1]
     z1, z2 = (torch.randn(batch, dim, requires_grad=True) for _ in range(2))
     queue = getattr(model, "queue", None)  # MoCo v2's negatives
+    if method == "dino":  # the loss takes every view's logits (K wide), the teacher's of the global views
+        logits = [torch.randn(batch, model.settings.output_dim, requires_grad=True) for _ in views]
 
     def loss() -> None:
-        (model.criterion(z1, z2) if queue is None else model.criterion(z1, z2, queue=queue)).backward()
+        if method == "dino":
+            model.criterion(logits, logits[:2]).backward()
+        else:
+            (model.criterion(z1, z2) if queue is None else model.criterion(z1, z2, queue=queue)).backward()
 
     def optimizer_step() -> None:
         for parameter in model.parameters():
@@ -194,7 +219,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="+", default=["simclr", "byol"],
-                        choices=["simclr", "byol", "simsiam", "moco-v2", "moco-v3", "barlow-twins", "vicreg"])
+                        choices=sorted(METHODS))
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--width", type=float, default=1.0, help="ResNet-18 width multiplier")
     parser.add_argument("--image-size", type=int, default=32)
@@ -217,13 +242,14 @@ def main() -> None:
                   "  python -m venv --system-site-packages /tmp/benchenv\n"
                   "  /tmp/benchenv/bin/pip install --no-deps lightly lightning-utilities")
 
-    view1, view2 = (torch.randn(args.batch_size, 3, args.image_size, args.image_size) for _ in range(2))
     rows, ratios = [], {}
     for method in args.methods:
+        views = method_views(method, args.batch_size, args.image_size)
+        view1, view2 = views[:2]
         model = METHODS[method](backbone(args.width)).train()  # the paper's head sizes
         optimizer = build_optimizer("lars", model, lr=LR, weight_decay=WEIGHT_DECAY)
-        variants = {"floor": floor_step(method, model, view1, view2, args.dtype),
-                    "selfsup step": selfsup_step(method, model, view1, view2, args.dtype, optimizer)}
+        variants = {"floor": floor_step(method, model, views, args.dtype),
+                    "selfsup step": selfsup_step(method, model, views, args.dtype, optimizer)}
         if lightly_version and method in ("simclr", "byol"):
             variants["lightly step"] = lightly_step(method, args.width, view1, view2, args.dtype)
         for run in variants.values():  # warm-up: allocator, oneDNN primitives, optimizer state
@@ -238,7 +264,7 @@ def main() -> None:
         for name, value in median.items():
             rows.append((method, name, value, args.batch_size / value, value / median["floor"]))
         ratios[f"{method}_selfsup_vs_floor"] = median["selfsup step"] / median["floor"]
-        parts = overhead_parts(method, model, optimizer, args.batch_size, repeats=max(5, args.steps))
+        parts = overhead_parts(method, model, optimizer, views, repeats=max(5, args.steps))
         for name, value in parts.items():
             rows.append((method, f"  {name}", value, float("nan"), value / median["floor"]))
         ratios[f"{method}_floor_plus_parts_vs_floor"] = 1 + sum(parts.values()) / median["floor"]

@@ -19,7 +19,7 @@ HOW_TO_RUN = frozenset({
     "out", "test_data", "max_steps", "eval_at_end", "linear_max_iter", "report", "num_workers", "device",
     "log_every", "checkpoint_every_steps", "keep_checkpoints", "skip_bad_images", "devices", "progress",
     "knn_every", "knn_k", "knn_temperature", "on_nonfinite", "online_probe", "precision", "channels_last",
-    "sync_batchnorm", "overwrite",
+    "sync_batchnorm", "overwrite", "tensorboard", "threads",
 })
 
 
@@ -53,14 +53,27 @@ class PretrainConfig:
     # Side of the augmented training views; None: image_size. Features are evaluated at image_size, so smaller
     # crops train faster and a network trained on crops sees objects at their test size (Touvron et al. 2019).
     crop_size: int | None = None
-    # The encoder: a torchvision ResNet, built here.
-    backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
-    # Channel-width multiplier of the ResNet (1.0: torchvision's; 0.125 and 0.25 fit CPU budgets).
+    # The encoder: resnet18, resnet34 or resnet50 (selfsup's ResNets, with width and cifar_stem), any torchvision
+    # classification model as torchvision:NAME (torchvision.models.list_models()) or any timm model as timm:NAME
+    # (timm.list_models(); pip install selfsup[timm]), without its classifier (selfsup/models/external.py).
+    backbone: str = "resnet18"
+    # Keyword arguments of a torchvision:/timm: backbone's builder, e.g. image_size: 32 for torchvision's ViTs,
+    # img_size: 32, patch_size: 4 for timm's. In YAML a mapping (backbone_args: {img_size: 32}); on the command
+    # line NAME=VALUE,... (--backbone-args img_size=32,patch_size=4), which replaces the recipe's.
+    backbone_args: Any = None
+    # A local file of initial weights for the backbone: a state_dict under its library's names (torchvision's
+    # names for selfsup's ResNets), read with torch.load(weights_only=True), classifier weights ignored; None:
+    # random init. Nothing is ever downloaded.
+    backbone_weights: str | None = None
+    # Channel-width multiplier of the ResNet (1.0: torchvision's; 0.125 and 0.25 fit CPU budgets). selfsup's ResNets
+    # only: a torchvision:/timm: backbone takes its sizes in backbone_args.
     width: float = 1.0
     # 3x3 stride-1 first convolution and no max-pool (SimCLR's CIFAR-10 setup); None: on for images <= 64 px.
+    # selfsup's ResNets only.
     cifar_stem: bool | None = None
-    # Smallest crop area fraction of the views' random resized crop, for every view; None: the method's recipe's
-    # (SimCLR and BYOL: 0.08; SimSiam and MoCo v2: 0.2).
+    # Smallest crop area fraction of the views' random resized crop, for every view at the training crop size (DINO's
+    # local views keep their own, local_crop_scale); None: the method's recipe's (SimCLR and BYOL: 0.08; SimSiam and
+    # MoCo v2: 0.2; DINO: 0.4).
     crop_min_scale: float | None = None
     # Gaussian blur in the views; None: off for images <= 64 px (SimCLR's CIFAR-10 setup), the recipe's above.
     blur: bool | None = None
@@ -81,7 +94,8 @@ class PretrainConfig:
     lars_clip: bool = False
     # Weight decay; None: the method's paper value for the optimizer (e.g. LARS: SimCLR 1e-6, BYOL 1.5e-6).
     weight_decay: float | None = None
-    # Epochs of linear learning-rate warmup before the cosine decay (both papers: 10), capped to the run.
+    # Epochs of linear learning-rate warmup before the cosine decay (both papers: 10), at most a tenth of the run's
+    # steps (a short run still decays; the shortened warmup is logged).
     warmup_epochs: float = 10.0
     # fp32, or bf16 / fp16 autocast (fp16 with a gradient scaler).
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
@@ -124,8 +138,13 @@ class PretrainConfig:
     devices: int = 1
     # SyncBatchNorm with more than one process: BatchNorm statistics over the global batch.
     sync_batchnorm: bool = True
-    # A progress bar on the terminal.
+    # A progress bar on the terminal, over the whole run (every epoch's steps, or max_steps), with its ETA.
     progress: bool = True
+    # TensorBoard event files in OUT/tensorboard beside metrics.jsonl (when TensorBoard is installed).
+    tensorboard: bool = True
+    # CPU threads of torch's operators in each process; None: torch's default (1 is often fastest on a busy
+    # shared machine).
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         from selfsup.methods import method_class
@@ -135,6 +154,7 @@ class PretrainConfig:
         except ValueError as error:
             raise ConfigError(str(error)) from None
         object.__setattr__(self, "method_args", _method_settings(self.method, settings_class, self.method_args))
+        object.__setattr__(self, "backbone_args", _backbone_settings(self))
         positive = {"epochs": self.epochs, "batch_size": self.batch_size, "knn_k": self.knn_k,
                     "log_every": self.log_every, "keep_checkpoints": self.keep_checkpoints,
                     "devices": self.devices, "linear_max_iter": self.linear_max_iter}
@@ -159,9 +179,24 @@ class PretrainConfig:
             raise ConfigError(f"setting 'base_lr' must be > 0, got {self.base_lr} (at 0 nothing trains)")
         if self.grad_clip == 0:
             raise ConfigError("setting 'grad_clip' must be > 0 (or none for no clipping), got 0")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"setting 'threads' must be >= 1 (or none for torch's default), got {self.threads}")
         if self.warmup_epochs < 0 or self.num_workers < 0 or self.knn_every < 0 or self.checkpoint_every_steps < 0:
             raise ConfigError("settings 'warmup_epochs', 'num_workers', 'knn_every' and "
                               "'checkpoint_every_steps' must be >= 0")
+
+
+def _backbone_settings(config: PretrainConfig) -> dict[str, Any]:
+    """Check the backbone's name (a torchvision or timm name must exist) and its arguments; ``backbone_args`` as
+    a dict."""
+    from selfsup.models.external import check_backbone_args, check_backbone_name
+
+    try:
+        check_backbone_name(config.backbone)
+        args = check_backbone_args(config.backbone, config.backbone_args)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    return args
 
 
 def _method_settings(method: str, settings_class: type, values: Any) -> Any:
@@ -292,5 +327,5 @@ class ExportConfig:
 
     # A pretraining checkpoint or backbone.pt (required).
     checkpoint: str | None = None
-    # Where to write the torchvision state_dict (.pt) (required).
+    # Where to write the backbone's state_dict (.pt) in its library's names, no classifier (required).
     output: str | None = None

@@ -39,6 +39,8 @@ def _parse(annotation: Any):
         annotation = next(a for a in args if a is not type(None))
     if typing.get_origin(annotation) is Literal:  # choices of one type: Literal[8, 16, 32] parses integers
         annotation = type(typing.get_args(annotation)[0])
+    if annotation is dict or typing.get_origin(annotation) is dict:
+        return parse_mapping
     base = {int: int, float: float}.get(annotation, str)
 
     def parse(text: str):
@@ -48,6 +50,34 @@ def _parse(annotation: Any):
 
     parse.__name__ = {int: "integer", float: "number"}.get(annotation, "string")
     return parse
+
+
+def parse_mapping(text: str) -> dict[str, Any]:
+    """A mapping setting on the command line: ``NAME=VALUE,NAME=VALUE`` (``""``: empty); each value an integer, a
+    number, true/false, none or else a string (lists and nested mappings: in a YAML recipe)."""
+    values: dict[str, Any] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, equals, value = (part.strip() for part in item.partition("="))
+        if not equals or not name.isidentifier():
+            raise argparse.ArgumentTypeError(f"expected NAME=VALUE[,NAME=VALUE...], got {text!r}")
+        values[name] = _scalar(value)
+    return values
+
+
+parse_mapping.__name__ = "mapping"
+
+
+def _scalar(text: str) -> Any:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    if text.lower() in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def _unwrap_optional(annotation: Any) -> Any:
@@ -97,6 +127,8 @@ def _flags(cls: type, defaults: Any, prefix: Path = (), only: tuple[str, ...] | 
             from selfsup.methods import METHODS
 
             annotation = Literal[tuple(sorted(METHODS))]  # the methods known when the parser is built
+        if cls is PretrainConfig and name == "backbone_args":  # a mapping (checked by the config): NAME=VALUE,...
+            annotation = dict[str, Any]
         if dataclasses.is_dataclass(annotation):
             flags += _flags(annotation, default, prefix + (name,), only=getattr(cls, f"{name}_flags", None))
         else:
@@ -122,6 +154,8 @@ def add_settings_flags(parser: argparse.ArgumentParser, cls: type, defaults: Any
         if typing.get_origin(annotation) is Literal:
             kwargs["choices"] = typing.get_args(annotation)
             kwargs["metavar"] = "{" + ",".join(str(c) for c in kwargs["choices"]) + "}"
+        if typing.get_origin(annotation) is dict:
+            kwargs["metavar"] = "NAME=VALUE,..."
         if annotation is bool:
             kwargs.pop("metavar")
             parser.add_argument(option, action=argparse.BooleanOptionalAction, **kwargs)
@@ -139,6 +173,8 @@ def add_settings_flags(parser: argparse.ArgumentParser, cls: type, defaults: Any
 def _shown(value: Any) -> str:
     if isinstance(value, tuple):
         return " ".join(str(v) for v in value) or "none"
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items()) or "none"
     return str(value)
 
 

@@ -26,11 +26,14 @@ class PretrainResult:
     table: dict | None
 
 
-def pretrain(config: PretrainConfig, resume: str | Path | None = None, log=print) -> PretrainResult:
-    """Run pretraining as ``config`` says; ``resume`` a checkpoint file, or "auto" for the newest in out/.
+def pretrain(config: PretrainConfig, resume: str | Path | None = None, log=print,
+             command: str | None = None) -> PretrainResult:
+    """Run pretraining as ``config`` says; ``resume`` a checkpoint file, or "auto" for the newest in out/;
+    ``command`` the command line recorded in OUT/config.json (default: this process's).
 
     Writes to ``config.out``: checkpoints, metrics.jsonl, backbone.pt, and (with a labelled test split)
-    eval.json and report.md.
+    eval.json and report.md. Returns a :class:`PretrainResult`: ``out_dir``, the trained ``backbone``, the
+    ``steps`` run, the newest ``checkpoint`` and the kNN / linear ``table`` (None without a labelled test split).
     """
     device = start_processes(config)
     is_main = dist.is_main_process()
@@ -47,16 +50,16 @@ def pretrain(config: PretrainConfig, resume: str | Path | None = None, log=print
             log(note)
     check_batch_size(config, len(data), dist.world_size())
     if not is_main:
-        return _pretrain(config, device, data, test, resume, log)
+        return _pretrain(config, device, data, test, resume, log, command)
     lock = claim_run_folder(config.out, resuming=resume is not None, overwrite=config.overwrite)
     try:
-        return _pretrain(config, device, data, test, resume, log)
+        return _pretrain(config, device, data, test, resume, log, command)
     finally:
         release_run_folder(lock)
 
 
-def _pretrain(config: PretrainConfig, device, data: ImageData, test: ImageData | None, resume, log
-              ) -> PretrainResult:
+def _pretrain(config: PretrainConfig, device, data: ImageData, test: ImageData | None, resume, log,
+              command: str | None = None) -> PretrainResult:
     """Train, then (on the main process) export, evaluate and report."""
     is_main = dist.is_main_process()
 
@@ -68,7 +71,8 @@ def _pretrain(config: PretrainConfig, device, data: ImageData, test: ImageData |
             return {}
         return {"knn_top1": _knn_top1(config, run, data, test_split())}
 
-    run = train(config, data, device, resume=resume, log=log, epoch_end=knn_check if config.knn_every else None)
+    run = train(config, data, device, resume=resume, log=log, epoch_end=knn_check if config.knn_every else None,
+                command=command)
 
     table = None
     if is_main:

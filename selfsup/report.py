@@ -284,7 +284,8 @@ def write_pretrain_report(run_dir: Path, metrics_rows: Rows, eval_table: Mapping
                           embeddings: np.ndarray | None = None, labels: np.ndarray | None = None, *,
                           embedding_dim: int | None = None, class_names: Sequence[str] | None = None,
                           title: str | None = None, map_points: int = 2000) -> Path:
-    """Write ``run_dir/report.md`` and its PNG figures beside it; returns the report's path.
+    """Write ``run_dir/report.md`` and its PNG figures beside it; returns the report's path. It ends with the run
+    (command line, versions, start time, normalisation statistics) and its settings, from ``run_dir/config.json``.
 
     Args:
         run_dir: the run's folder; figures go to ``training_curves.png``, ``accuracy.png``,
@@ -357,8 +358,13 @@ def write_pretrain_report(run_dir: Path, metrics_rows: Rows, eval_table: Mapping
     config_path = run_dir / "config.json"
     if config_path.exists():
         try:
-            config_text = json.dumps(json.loads(config_path.read_text(encoding="utf-8")), indent=2)
-            lines += ["## Configuration", "", "```json", config_text, "```", ""]
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+            record = config.pop("run", None) if isinstance(config, dict) else None
+            if isinstance(record, dict):  # what selfsup.provenance.run_record wrote: command, versions, statistics
+                from selfsup.provenance import describe_run
+
+                lines += ["## Run", "", *describe_run(record), ""]
+            lines += ["## Configuration", "", "```json", json.dumps(config, indent=2), "```", ""]
         except (OSError, ValueError) as error:  # a broken config must not cost the report
             lines += [f"The run's configuration {config_path} could not be read: {error}", ""]
     return atomic_write_bytes(run_dir / "report.md", "\n".join(lines).encode("utf-8"))

@@ -26,12 +26,12 @@ from selfsup.checkpoints import list_checkpoints, load_checkpoint, save_checkpoi
 from selfsup.cli import main
 from selfsup.config import PretrainConfig
 from selfsup.data.datasets import ImageData
-from selfsup.data.loading import FileTwoViewBatches, InMemoryTwoViewBatches
+from selfsup.data.loading import FileViewBatches, InMemoryViewBatches
 from selfsup.pipeline import pretrain
 from selfsup.train.step import NonFiniteLossError
 
 TINY = ["--width", "0.125", "--projection-hidden-dim", "64", "--projection-dim", "32", "--prediction-hidden-dim",
-        "64", "--no-progress", "--no-report", "--num-workers", "0", "--linear-max-iter", "5"]
+        "64", "--no-progress", "--no-report", "--num-workers", "0", "--linear-max-iter", "5", "--method", "byol"]
 HINT = "--skip-bad-images"
 
 
@@ -249,7 +249,7 @@ def test_huge_learning_rate_stops_with_step_lr_and_cause(tmp_path, capsys, digit
 
 def _poison_batches(monkeypatch, at_batches: set[int]) -> None:
     """One NaN pixel in the first view of the given batches of epoch 1: the loss of those steps is NaN."""
-    original = InMemoryTwoViewBatches.epoch
+    original = InMemoryViewBatches.epoch
 
     def epoch(self, epoch, start_batch=0):
         for index, (view1, view2, labels) in enumerate(original(self, epoch, start_batch), start=start_batch):
@@ -258,7 +258,7 @@ def _poison_batches(monkeypatch, at_batches: set[int]) -> None:
                 view1[0, 0, 0, 0] = float("nan")
             yield view1, view2, labels
 
-    monkeypatch.setattr(InMemoryTwoViewBatches, "epoch", epoch)
+    monkeypatch.setattr(InMemoryViewBatches, "epoch", epoch)
 
 
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, digits256):
@@ -300,7 +300,7 @@ def test_dead_loader_worker_raises_instead_of_hanging(tmp_path, die):
     for i in range(8):
         paths.append(tmp_path / f"{i}.png")
         Image.fromarray(np.full((8, 8, 3), i, np.uint8)).save(paths[-1])
-    batches = FileTwoViewBatches(ImageData(name="files", paths=paths), die, batch_size=4, seed=0,
+    batches = FileViewBatches(ImageData(name="files", paths=paths), die, batch_size=4, seed=0,
                                  device=torch.device("cpu"), num_workers=1)
     started = time.monotonic()
     with pytest.raises(RuntimeError, match=r"DataLoader worker \(pid\(s\) \d+\) exited unexpectedly"):

@@ -5,7 +5,7 @@ from PIL import Image
 
 from selfsup.data.datasets import load_image_data, scan_folder
 from selfsup.data.images import BadImageError, read_rgb_image
-from selfsup.data.loading import InMemoryTwoViewBatches, derived_seed, rank_batches
+from selfsup.data.loading import InMemoryViewBatches, derived_seed, rank_batches
 
 
 def _save(path, array, mode=None):
@@ -127,15 +127,15 @@ def test_rank_batches_partition_the_epoch_and_change_with_it():
 
 def test_in_memory_batches_replay_from_any_batch():
     data = load_image_data("digits", "test")
-    from selfsup.transforms.batched import BatchedTwoViews, BatchedViewAugment
+    from selfsup.transforms.batched import BatchedViews, BatchedViewAugment
     from selfsup.transforms.views import ViewConfig
 
-    two_views = BatchedTwoViews(BatchedViewAugment(ViewConfig(crop_size=16)))
-    batches = InMemoryTwoViewBatches(data, two_views, 32, seed=0, device=torch.device("cpu"))
+    two_views = BatchedViews(BatchedViewAugment(ViewConfig(crop_size=16)))
+    batches = InMemoryViewBatches(data, two_views, 32, seed=0, device=torch.device("cpu"))
     full = list(batches.epoch(2))
     resumed = list(batches.epoch(2, start_batch=3))
     assert len(full) == len(batches) == len(data) // 32
     for (a1, a2, la), (b1, b2, lb) in zip(full[3:], resumed):
         assert torch.equal(a1, b1) and torch.equal(a2, b2) and torch.equal(la, lb)
     with pytest.raises(ValueError, match="larger than the data set"):
-        InMemoryTwoViewBatches(data, two_views, 10_000, seed=0, device=torch.device("cpu"))
+        InMemoryViewBatches(data, two_views, 10_000, seed=0, device=torch.device("cpu"))

@@ -231,17 +231,17 @@ def test_checkpoint_written_once_by_rank_0_and_resumed_across_process_counts(run
 
 def test_every_process_draws_its_rows_of_the_global_batch_views():
     from selfsup.data.datasets import load_image_data
-    from selfsup.data.loading import InMemoryTwoViewBatches, PerImageTwoViews
+    from selfsup.data.loading import InMemoryViewBatches, PerImageViews
     from selfsup.methods.byol import byol_views
-    from selfsup.transforms.batched import BatchedTwoViews, BatchedViewAugment
-    from selfsup.transforms.views import TwoViewTransform, view_transform
+    from selfsup.transforms.batched import BatchedViews, BatchedViewAugment
+    from selfsup.transforms.views import MultiViewTransform, view_transform
 
     data = load_image_data("digits", "train")
     cpu = torch.device("cpu")
-    for two_views in (BatchedTwoViews(*map(BatchedViewAugment, byol_views(16))),
-                      PerImageTwoViews(TwoViewTransform(*map(view_transform, byol_views(16))))):
-        one = next(InMemoryTwoViewBatches(data, two_views, 8, 3, cpu).epoch(1))
-        two = [next(InMemoryTwoViewBatches(data, two_views, 8, 3, cpu, rank, 2).epoch(1)) for rank in range(2)]
+    for two_views in (BatchedViews(*map(BatchedViewAugment, byol_views(16))),
+                      PerImageViews(MultiViewTransform(*map(view_transform, byol_views(16))))):
+        one = next(InMemoryViewBatches(data, two_views, 8, 3, cpu).epoch(1))
+        two = [next(InMemoryViewBatches(data, two_views, 8, 3, cpu, rank, 2).epoch(1)) for rank in range(2)]
         for index in range(3):  # view1, view2, labels
             assert torch.equal(one[index], torch.cat([two[0][index], two[1][index]]))
 
@@ -281,7 +281,8 @@ def test_selfsup_pretrain_in_two_processes_through_torchrun(tmp_path):
                             "--image-size", "16", "--width", "0.125", "--projection-hidden-dim", "32",
                             "--projection-dim", "16", "--prediction-hidden-dim", "32", "--batch-size", "32",
                             "--max-steps", "2", "--checkpoint-every-steps", "1", "--log-every", "1",
-                            "--no-progress", "--no-eval-at-end", "--no-report", "--num-workers", "0"])
+                            "--no-progress", "--no-eval-at-end", "--no-report", "--num-workers", "0", "--method",
+                            "byol"])
     assert code == 0
     assert [p.name for p in sorted((out / "checkpoints").iterdir())] == ["step_000000001.pt", "step_000000002.pt"]
     state = load_checkpoint(out / "checkpoints" / "step_000000002.pt")

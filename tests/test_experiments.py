@@ -115,7 +115,7 @@ def test_byol_ablation_end_to_end(tmp_path, capsys):
     out = tmp_path / "ablation"
     assert main(["experiment", "byol-ablation", *TINY, "--prediction-hidden-dim", "16", "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert [run["variant"] for run in results["runs"]] == ["byol", "no-predictor", "no-ema", "random-target"]
+    assert [run["variant"] for run in results["runs"]] == ["byol", "no-predictor", "no-ema", "random-target", "simsiam"]
     for run in results["runs"]:
         assert run["verdict"] in ("no collapse", "complete collapse", "dimensional collapse")
         assert run["std_over_isotropic"] == pytest.approx(run["normalized_std"] * math.sqrt(8))
@@ -124,6 +124,9 @@ def test_byol_ablation_end_to_end(tmp_path, capsys):
     assert all(row["momentum"] == 0.0 for row in rows if "momentum" in row)
     rows = json.loads((out / "runs" / "random-target.json").read_text())
     assert all(row["momentum"] == 1.0 for row in rows if "momentum" in row)
+    rows = json.loads((out / "runs" / "simsiam.json").read_text())  # no target network: no momentum logged
+    assert rows and not any("momentum" in row for row in rows) and any("loss" in row for row in rows)
+    assert results["runs"][-1]["target"].startswith("none")
     for figure in ("monitors.png", "accuracy.png", "final.png", "training_curves.png"):
         assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "verdict" in capsys.readouterr().out

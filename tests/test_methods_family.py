@@ -1,4 +1,4 @@
-"""SimSiam, MoCo v2, MoCo v3, Barlow Twins and VICReg on the method contract: a smoke run of each through
+"""SimSiam, MoCo v2, MoCo v3, Barlow Twins, VICReg and DINO on the method contract: a smoke run of each through
 ``pretrain``, their rules (the queue, the momentum encoders, the fixed predictor rate, the bias rate), exact
 resume, and one spawn of two gloo processes against one process on the global batch (float64)."""
 
@@ -30,8 +30,9 @@ from selfsup.train import loop
 from selfsup.train.optim import build_optimizer, build_scheduler
 from selfsup.train.step import TrainingStep
 
-FAMILY = ["simsiam", "moco-v2", "moco-v3", "barlow-twins", "vicreg"]
-TINY = dict(projection_hidden_dim=32, projection_dim=16, prediction_hidden_dim=32, queue_size=64)
+FAMILY = ["simsiam", "moco-v2", "moco-v3", "barlow-twins", "vicreg", "dino"]
+TINY = dict(projection_hidden_dim=32, projection_dim=16, prediction_hidden_dim=32, queue_size=64, head_hidden_dim=32,
+            bottleneck_dim=16, output_dim=32, local_views=2)
 BATCH = 8
 
 
@@ -71,7 +72,8 @@ def _views(seed: int, batch: int = BATCH) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _training_step(method, lr: float = 0.1, total_steps: int = 10, **kwargs) -> TrainingStep:
     optimizer = build_optimizer("sgd", method.learnable_parameters(), lr, 1e-4)
-    return TrainingStep(method, optimizer, build_scheduler(optimizer, total_steps, 0), total_steps, **kwargs)
+    return TrainingStep(method, optimizer, build_scheduler(optimizer, total_steps, 0), total_steps, total_steps,
+                        **kwargs)
 
 
 def _assert_ema(target: nn.Module, target_before: dict, online: nn.Module, momentum: float) -> None:
@@ -165,7 +167,7 @@ def test_moco_v2_enqueues_each_steps_keys_at_the_pointer_and_moves_the_key_encod
             keys = F.normalize(copy.deepcopy(model.key_projector)(copy.deepcopy(model.key_backbone)(view2)), dim=1)
             queries = model.projector(model.backbone(view1))
             expected_loss = InfoNCELoss(0.2)(queries, keys, queue=queue_before)
-        result = step(view1, view2, index)
+        result = step((view1, view2), index)
         torch.testing.assert_close(result.output.loss.detach(), expected_loss, msg="the loss uses the queue before")
         assert int(model.queue_pointer) == (index + 1) * batch % 48
         torch.testing.assert_close(model.queue[positions], keys[-len(positions):])
@@ -183,11 +185,11 @@ def test_moco_v2_enqueues_each_steps_keys_at_the_pointer_and_moves_the_key_encod
 def test_moco_v2_step_skipped_for_a_nonfinite_loss_leaves_the_queue_as_it_was():
     model = _moco_v2()
     step = _training_step(model, on_nonfinite="skip")
-    step(*_views(0, 16), 0)
+    step(_views(0, 16), 0)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     view1, view2 = _views(1, 16)
     view1[0, 0, 0, 0] = float("nan")
-    result = step(view1, view2, 1)
+    result = step((view1, view2), 1)
     assert result.skipped
     for name, value in model.state_dict().items():
         assert torch.equal(value, state[name]), name  # queue, pointer, weights and BatchNorm statistics
@@ -207,7 +209,7 @@ def test_moco_v3_loss_momentum_rule_and_heads():
         expected = 2 * 0.5 * (InfoNCELoss(0.5)(q1, k2) + InfoNCELoss(0.5)(q2, k1))
     step = _training_step(model, total_steps=10)
     before = {k: v.clone() for k, v in model.key_backbone.named_parameters()}
-    result = step(view1, view2, 3)
+    result = step((view1, view2), 3)
     torch.testing.assert_close(result.output.loss.detach(), expected)
     assert result.momentum == pytest.approx(cosine_momentum(3, 10, 0.99))
     _assert_ema(model.key_backbone, before, model.backbone, result.momentum)
@@ -223,7 +225,7 @@ def test_barlow_twins_biases_and_batchnorm_train_at_their_own_rate():
         assert group["weight_decay"] == (0.0 if one_dimensional else 1.5e-6)
 
 
-@pytest.mark.parametrize("method", ["moco-v2", "simsiam"])
+@pytest.mark.parametrize("method", ["moco-v2", "simsiam", "dino"])
 def test_resume_from_mid_epoch_is_bitwise_exact(method, digits128, tmp_path):
     # 128 images -> 4 steps/epoch at batch 32, 8 steps in all; checkpoints every 3 steps.
     extra = {"queue_size": 80} if method == "moco-v2" else {}  # not a multiple of the batch: the queue wraps
@@ -245,7 +247,7 @@ def test_resume_from_mid_epoch_is_bitwise_exact(method, digits128, tmp_path):
 
 # --- Two processes against one ------------------------------------------------------------------------------------
 
-DISTRIBUTED = ["moco-v2", "moco-v3", "barlow-twins", "vicreg"]
+DISTRIBUTED = ["moco-v2", "moco-v3", "barlow-twins", "vicreg", "dino"]
 WORLD = 2
 
 
@@ -258,7 +260,7 @@ def _float64_method(config, backbone: nn.Module) -> nn.Module:
 
 def _dist_config(out: Path, method: str):
     # SGD at a large rate, no warmup: three steps move the weights far more than the runs may differ.
-    base_lr = {"barlow-twins": 0.05, "vicreg": 0.1}.get(method, 2.0)
+    base_lr = {"barlow-twins": 0.05, "vicreg": 0.1, "dino": 0.5}.get(method, 2.0)
     return pretrain_config(method=method, data="digits", out=str(out), image_size=16, width=0.125, **TINY,
                            batch_size=32, epochs=1, max_steps=3, warmup_epochs=0.0, optimizer="sgd", base_lr=base_lr,
                            eval_at_end=False, progress=False, report=False, log_every=1, num_workers=0, device="cpu",
@@ -321,3 +323,14 @@ def test_three_steps_in_two_processes_equal_one_process_on_the_global_batch(two_
         assert int(two["model"]["queue_pointer"]) == int(one["model"]["queue_pointer"]) == 3 * 32 % 64
         assert float((two["model"]["queue"] - one["model"]["queue"]).abs().max()) <= 1e-6
         assert not torch.equal(two["model"]["queue"], initial["queue"].double())
+
+
+def test_mocos_name_a_low_temperature_first_for_a_nonfinite_loss():
+    from selfsup.train.step import likely_causes
+
+    for cls in (MoCoV2, MoCoV3):
+        settings = cls.Settings(**{k: v for k, v in TINY.items() if k in cls.Settings.__dataclass_fields__},
+                                temperature=0.01)
+        causes = likely_causes(cls.from_settings(_backbone(), settings))
+        assert causes.startswith("Likely causes: a temperature this low (temperature 0.01)"), cls
+        assert "temperature" not in likely_causes(cls.from_settings(_backbone(), dataclasses.replace(settings, temperature=0.2))).split(",")[0]

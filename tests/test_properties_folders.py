@@ -99,7 +99,8 @@ def test_pretrain_on_any_folder_exits_cleanly(spec):
             code = main(["pretrain", "--data", str(data), "--out", str(out), "--epochs", "1", "--max-steps", "1",
                          "--batch-size", "2", "--image-size", "16", "--width", "0.125", "--projection-hidden-dim",
                          "16", "--projection-dim", "8", "--prediction-hidden-dim", "16", "--no-progress",
-                         "--no-report", "--no-eval-at-end", "--num-workers", "0", "--no-online-probe"])
+                         "--no-report", "--no-eval-at-end", "--num-workers", "0", "--no-online-probe",
+                         "--method", "byol"])
         error = stderr.getvalue().strip()
         assert "Traceback" not in error
         assert code in (0, 2), (code, error)

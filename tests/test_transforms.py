@@ -14,7 +14,7 @@ from selfsup.methods.simclr import simclr_view
 from selfsup.transforms import (
     CIFAR10_MEAN,
     CIFAR10_STD,
-    TwoViewTransform,
+    MultiViewTransform,
     ViewConfig,
     eval_transform,
     view_transform,
@@ -178,8 +178,8 @@ def test_solarize(probability: float) -> None:
 def test_two_views_of_one_image_differ() -> None:
     torch.manual_seed(0)
     image = _random_image(height=40, width=40)
-    for two_views in (TwoViewTransform(view_transform(simclr_view(32))),
-                      TwoViewTransform(*map(view_transform, byol_views(32)))):
+    for two_views in (MultiViewTransform(view_transform(simclr_view(32))),
+                      MultiViewTransform(*map(view_transform, byol_views(32)))):
         view1, view2 = two_views(image)
         assert view1.shape == view2.shape == (3, 32, 32)
         assert not torch.allclose(view1, view2)
@@ -188,7 +188,7 @@ def test_two_views_of_one_image_differ() -> None:
 def test_seeded_run_repeats_exactly() -> None:
     image = _random_image(height=40, width=40)
     pil = Image.fromarray(image.permute(1, 2, 0).numpy(), "RGB")
-    two_views = TwoViewTransform(*map(view_transform, byol_views(96)))  # blur and solarize on: every random op in play
+    two_views = MultiViewTransform(*map(view_transform, byol_views(96)))  # blur and solarize on: every random op in play
 
     def run() -> list[torch.Tensor]:
         torch.manual_seed(1234)

@@ -17,7 +17,7 @@ from selfsup.data.datasets import default_datasets_dir
 from selfsup.methods.byol import byol_views
 from selfsup.methods.simclr import simclr_view
 from selfsup.transforms import (
-    BatchedTwoViews,
+    BatchedViews,
     BatchedViewAugment,
     ViewConfig,
     view_transform,
@@ -120,21 +120,21 @@ def test_every_image_draws_its_own_randomness() -> None:
 
 def test_seeded_call_repeats_and_the_two_views_differ() -> None:
     images = random_images(8, height=32, width=32)
-    two_views = BatchedTwoViews(*map(BatchedViewAugment, byol_views(32)))
+    two_views = BatchedViews(*map(BatchedViewAugment, byol_views(32)))
     first = two_views(images, torch.Generator().manual_seed(3))
     again = two_views(images, torch.Generator().manual_seed(3))
     other = two_views(images, torch.Generator().manual_seed(4))
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
     assert not torch.equal(first[0], other[0])
     assert not torch.equal(first[0], first[1])
-    assert two_views.first.config != two_views.second.config  # BYOL's asymmetric pair
+    assert two_views.augments[0].config != two_views.augments[1].config  # BYOL's asymmetric pair
 
 
 def test_two_view_recipes_mirror_the_per_image_ones() -> None:
-    simclr = BatchedTwoViews(BatchedViewAugment(simclr_view(96, strength=0.5)))
-    assert simclr.first.config == simclr.second.config == simclr_view(96, strength=0.5)
-    byol = BatchedTwoViews(*map(BatchedViewAugment, byol_views(224)))
-    assert (byol.first.config, byol.second.config) == byol_views(224)
+    simclr = BatchedViews(BatchedViewAugment(simclr_view(96, strength=0.5)))
+    assert simclr.augments[0].config == simclr.augments[1].config == simclr_view(96, strength=0.5)
+    byol = BatchedViews(*map(BatchedViewAugment, byol_views(224)))
+    assert (byol.augments[0].config, byol.augments[1].config) == byol_views(224)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -10,8 +10,8 @@ from selfsup.data.datasets import (
     match_classes,
 )
 from selfsup.data.images import BadImageError, read_rgb_image
-from selfsup.data.loading import FileTwoViewBatches, InMemoryTwoViewBatches, PerImageTwoViews
+from selfsup.data.loading import FileViewBatches, InMemoryViewBatches, PerImageViews
 
-__all__ = ["BUILTIN_DATASETS", "BadImageError", "FileTwoViewBatches", "ImageData", "InMemoryTwoViewBatches",
-           "PerImageTwoViews", "decode_into_memory", "default_datasets_dir", "load_image_data", "load_test_split",
+__all__ = ["BUILTIN_DATASETS", "BadImageError", "FileViewBatches", "ImageData", "InMemoryViewBatches",
+           "PerImageViews", "decode_into_memory", "default_datasets_dir", "load_image_data", "load_test_split",
            "match_classes", "read_rgb_image"]

@@ -1,4 +1,7 @@
-"""Batches of two augmented views for pretraining, reproducible to the step.
+"""Batches of augmented views (two, or a method's multi-crop) for pretraining, reproducible to the step.
+
+Each batch is a tuple ``(view_1, ..., view_V, labels)``: the method's V views of the same images, then their
+labels (None without labels).
 
 Randomness is a function of (seed, epoch, batch) for in-memory data and of (seed, epoch, image index)
 for data on disk, never of a running random state. So a run resumed from any step replays exactly what
@@ -49,11 +52,11 @@ def rank_batches(n: int, global_batch: int, seed: int, epoch: int, rank: int, wo
             for s in range(steps)]
 
 
-class PerImageTwoViews:
-    """Adapts a per-image two-view transform to a batch of uint8 images, seeded by a generator.
+class PerImageViews:
+    """Adapts a per-image multi-view transform to a batch of uint8 images, seeded by a generator.
 
     ``images`` are rows ``first_row ...`` of a global batch of ``global_batch`` images (all of it by
-    default); each image is seeded by its row in the global batch, as :class:`BatchedTwoViews` does.
+    default); each image is seeded by its row in the global batch, as :class:`BatchedViews` does.
     """
 
     def __init__(self, transform: Callable) -> None:
@@ -63,31 +66,29 @@ class PerImageTwoViews:
                  global_batch: int | None = None):
         seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device
                                  if generator is not None else None).item())
-        pairs = []
+        per_image = []
         with torch.random.fork_rng(devices=[]):
             for row, image in enumerate(images.cpu(), start=first_row):
                 torch.manual_seed(derived_seed(seed, row))
-                pairs.append(self.transform(image))
-        view1 = torch.stack([p[0] for p in pairs]).to(images.device)
-        view2 = torch.stack([p[1] for p in pairs]).to(images.device)
-        return view1, view2
+                per_image.append(self.transform(image))
+        return tuple(torch.stack(views).to(images.device) for views in zip(*per_image))
 
 
-class InMemoryTwoViewBatches:
-    """Two-view batches from images held in memory, augmented in batches on ``device``.
+class InMemoryViewBatches:
+    """Batches of views of images held in memory, augmented in batches on ``device``.
 
-    ``two_views(images_uint8, generator, first_row, global_batch) -> (view1, view2)``: e.g.
-    ``BatchedTwoViews``; ``images_uint8`` are rows ``first_row ...`` of the global batch.
+    ``make_views(images_uint8, generator, first_row, global_batch) -> (view_1, ..., view_V)``: e.g.
+    ``BatchedViews``; ``images_uint8`` are rows ``first_row ...`` of the global batch.
     """
 
-    def __init__(self, data: ImageData, two_views: Callable, batch_size: int, seed: int,
+    def __init__(self, data: ImageData, make_views: Callable, batch_size: int, seed: int,
                  device: torch.device, rank: int = 0, world: int = 1) -> None:
         if data.images is None:
-            raise ValueError("InMemoryTwoViewBatches needs in-memory images")
+            raise ValueError("InMemoryViewBatches needs in-memory images")
         if len(data) < batch_size:
             raise ValueError(f"batch_size {batch_size} is larger than the data set ({len(data)} images from "
                              f"{data.name}); lower batch_size")
-        self.data, self.two_views, self.batch_size = data, two_views, batch_size
+        self.data, self.make_views, self.batch_size = data, make_views, batch_size
         self.seed, self.device, self.rank, self.world = seed, device, rank, world
         # Pinned memory lets the host-to-device copy overlap compute on GPUs.
         self.images = data.images.pin_memory() if device.type == "cuda" else data.images
@@ -95,7 +96,7 @@ class InMemoryTwoViewBatches:
     def __len__(self) -> int:
         return len(self.data) // self.batch_size
 
-    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor, Tensor | None]]:
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[Tensor | None, ...]]:
         batches = rank_batches(len(self.data), self.batch_size, self.seed, epoch, self.rank, self.world)
         for index, batch in enumerate(batches):
             if index < start_batch:
@@ -103,12 +104,12 @@ class InMemoryTwoViewBatches:
             images = self.images[batch].to(self.device, non_blocking=True)
             generator = torch.Generator(device=self.device)
             generator.manual_seed(derived_seed(self.seed, epoch, index))
-            view1, view2 = self.two_views(images, generator, self.rank * len(batch), self.batch_size)
+            views = self.make_views(images, generator, self.rank * len(batch), self.batch_size)
             labels = self.data.labels[batch].to(self.device) if self.data.labels is not None else None
-            yield view1, view2, labels
+            yield *views, labels
 
 
-class _FileTwoViewDataset(Dataset):
+class _FileViewDataset(Dataset):
     def __init__(self, paths: list[Path], labels: torch.Tensor | None, transform: Callable, seed: int,
                  skip_bad_images: bool) -> None:
         self.paths, self.labels, self.transform = paths, labels, transform
@@ -126,34 +127,32 @@ class _FileTwoViewDataset(Dataset):
             raise
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derived_seed(self.seed, self.epoch, index))
-            view1, view2 = self.transform(image)
+            views = self.transform(image)
         label = int(self.labels[index]) if self.labels is not None else -1
-        return view1, view2, label
+        return *views, label
 
 
 def _collate_skipping_bad(samples):
     samples = [s for s in samples if s is not None]
     if not samples:
         return None
-    view1 = torch.stack([s[0] for s in samples])
-    view2 = torch.stack([s[1] for s in samples])
-    labels = torch.tensor([s[2] for s in samples])
-    return view1, view2, labels
+    *views, labels = zip(*samples)
+    return *(torch.stack(view) for view in views), torch.tensor(labels)
 
 
-class FileTwoViewBatches:
-    """Two-view batches decoded from files by DataLoader workers, with per-image transforms."""
+class FileViewBatches:
+    """Batches of views decoded from files by DataLoader workers, with per-image transforms."""
 
     def __init__(self, data: ImageData, transform: Callable, batch_size: int, seed: int, device: torch.device,
                  num_workers: int = 2, rank: int = 0, world: int = 1, skip_bad_images: bool = False) -> None:
         if data.paths is None:
-            raise ValueError("FileTwoViewBatches needs image paths")
+            raise ValueError("FileViewBatches needs image paths")
         if len(data) < batch_size:
             raise ValueError(f"batch_size {batch_size} is larger than the data set ({len(data)} images in "
                              f"{data.name}); lower batch_size")
         self.data, self.batch_size, self.seed, self.device = data, batch_size, seed, device
         self.rank, self.world, self.num_workers = rank, world, num_workers
-        self.dataset = _FileTwoViewDataset(data.paths, data.labels, transform, seed, skip_bad_images)
+        self.dataset = _FileViewDataset(data.paths, data.labels, transform, seed, skip_bad_images)
 
     def __len__(self) -> int:
         return len(self.data) // self.batch_size
@@ -167,5 +166,5 @@ class FileTwoViewBatches:
         for batch in loader:
             if batch is None:
                 continue
-            view1, view2, labels = (t.to(self.device, non_blocking=True) for t in batch)
-            yield view1, view2, (labels if self.data.labels is not None else None)
+            *views, labels = (t.to(self.device, non_blocking=True) for t in batch)
+            yield *views, (labels if self.data.labels is not None else None)

@@ -29,7 +29,7 @@ from selfsup.devices import resolve_device
 from selfsup.eval.supervised import SupervisedStep
 from selfsup.eval.transfer_settings import DetectionSettings
 from selfsup.models.backbones import ResNetBackbone
-from selfsup.schedules import warmup_cosine
+from selfsup.schedules import scaled_learning_rate, warmup_cosine
 
 # Faster R-CNN's default test-time size ratio (800 / 1333): a short side of S allows a long side of 5S/3.
 LONG_TO_SHORT_SIDE = 1333 / 800
@@ -43,7 +43,13 @@ def build_detector(backbone: ResNetBackbone, num_classes: int, image_size: int, 
     Images are resized to a short side of ``image_size`` and normalized by ImageNet statistics (those
     of selfsup's pretraining recipes too).
     """
-    resnet = backbone.resnet
+    from selfsup.models.external import resnet_body
+
+    resnet = resnet_body(backbone)
+    if resnet is None:
+        raise ValueError(f"transfer detect: backbone {getattr(backbone, 'name', type(backbone).__name__)} is not a "
+                         "ResNet; Faster R-CNN + FPN is built here over a ResNet's four stages (resnet18/34/50, or "
+                         "torchvision:resnet*, resnext*, wide_resnet*)")
     stage_channels = [_stage_out_channels(stage)
                       for stage in (resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4)]
     feature_pyramid = BackboneWithFPN(
@@ -101,10 +107,11 @@ def train_detector(model: FasterRCNN, dataset: Dataset, settings: DetectionSetti
     loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=True, drop_last=False,
                         collate_fn=collate_detection, num_workers=settings.num_workers, generator=generator)
     parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
-    optimizer = torch.optim.SGD(parameters, lr=settings.lr, momentum=0.9, weight_decay=settings.weight_decay)
+    lr = scaled_learning_rate(settings.base_lr, settings.batch_size)
+    optimizer = torch.optim.SGD(parameters, lr=lr, momentum=0.9, weight_decay=settings.weight_decay)
     total_steps = settings.epochs * len(loader)
     warmup_steps = min(settings.warmup_steps, max(total_steps // 5, 1))
-    step = SupervisedStep(optimizer, lambda s: settings.lr * warmup_cosine(s, total_steps, warmup_steps), "detection")
+    step = SupervisedStep(optimizer, lambda s: lr * warmup_cosine(s, total_steps, warmup_steps), "detection")
     step_losses = []
     device = next(model.parameters()).device
     model.train()

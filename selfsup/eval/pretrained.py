@@ -18,7 +18,8 @@ def _resnet_config_from_state_dict(state_dict: dict[str, torch.Tensor], path: Pa
     """Name, stem and width of the ResNet whose torchvision-named weights are ``state_dict``."""
     if "conv1.weight" not in state_dict or "layer4.0.conv1.weight" not in state_dict:
         raise ValueError(f"{path}: not a ResNet state dict (no conv1.weight / layer4.0.conv1.weight); "
-                         f"found keys like {sorted(state_dict)[:5]}")
+                         f"found keys like {sorted(state_dict)[:5]} (an exported torchvision:/timm: backbone does "
+                         "not name its architecture: give the run's backbone.pt or a checkpoint)")
     blocks = [len({key.split(".")[1] for key in state_dict if key.startswith(f"layer{stage}.")})
               for stage in range(1, 5)]
     bottleneck = "layer1.0.conv3.weight" in state_dict
@@ -33,15 +34,21 @@ def _resnet_config_from_state_dict(state_dict: dict[str, torch.Tensor], path: Pa
 
 
 def load_backbone(path: str | Path) -> ResNetBackbone:
-    """See :func:`load_backbone_and_metadata`; the backbone alone."""
+    """The pretrained :class:`ResNetBackbone` (images -> pooled features, ``feature_dim`` wide) saved in ``path``,
+    for a downstream task: a pretraining checkpoint (``OUT/checkpoints/step_*.pt``), ``OUT/backbone.pt``, or a
+    torchvision-named ResNet state dict (``selfsup export``'s). Loaded safely (``weights_only=True``) and
+    strictly; see :func:`load_backbone_and_metadata`, which also returns the image size and normalization."""
     return load_backbone_and_metadata(path)[0]
 
 
 def load_backbone_and_metadata(path: str | Path) -> tuple[ResNetBackbone, dict[str, Any]]:
-    """A :class:`ResNetBackbone` with the weights of ``path``.
+    """A :class:`ResNetBackbone` (or, from a run with a torchvision:/timm: backbone, the same
+    :class:`~selfsup.models.external.ExternalBackbone`, rebuilt from its saved name and ``backbone_args``) with the
+    weights of ``path``.
 
     Accepts a selfsup pretraining checkpoint (a dict with ``"backbone"``, a ResNetBackbone state dict,
-    and ``"backbone_config"``, ``{"name", "cifar_stem", "width"}``) or a plain torchvision-named ResNet
+    and ``"backbone_config"``, ``{"name", "cifar_stem", "width"}``, or ``{"name", "backbone_args"}``) or a plain
+    torchvision-named ResNet
     state dict (what ``selfsup export`` writes, or torchvision's ImageNet files; ``fc.*`` is dropped).
     Loading is strict: a missing or unexpected weight is an error naming the file. Loading is safe
     (``weights_only=True``): a file carrying code is refused.
@@ -53,6 +60,9 @@ def load_backbone_and_metadata(path: str | Path) -> tuple[ResNetBackbone, dict[s
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     content = load_checkpoint(path)
+    if "backbone" in content and isinstance(content.get("backbone_config"), dict) and \
+            "backbone_args" in content["backbone_config"]:  # a torchvision or timm model
+        return _external_backbone(content, path)
     if "backbone" in content:
         config = content.get("backbone_config")
         if not isinstance(config, dict) or not {"name", "cifar_stem", "width"} <= set(config):
@@ -71,6 +81,25 @@ def load_backbone_and_metadata(path: str | Path) -> tuple[ResNetBackbone, dict[s
         backbone.resnet.load_state_dict(state_dict, strict=True)
     except RuntimeError as error:
         raise ValueError(f"{path}: weights do not fit a {config}: {error}") from error
+    metadata = {"image_size": content.get("image_size"), "mean": tuple(content.get("mean", IMAGENET_MEAN)),
+                "std": tuple(content.get("std", IMAGENET_STD)), "backbone_config": config}
+    return backbone, metadata
+
+
+def _external_backbone(content: dict[str, Any], path: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    from selfsup.models.external import ExternalBackbone
+
+    config = {"name": str(content["backbone_config"]["name"]),
+              "backbone_args": dict(content["backbone_config"]["backbone_args"] or {})}
+    try:
+        backbone = ExternalBackbone(config["name"], config["backbone_args"])
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+    try:
+        backbone.load_state_dict(content["backbone"], strict=True)
+    except RuntimeError as error:
+        raise ValueError(f"{path}: weights do not fit {config['name']} with backbone_args "
+                         f"{config['backbone_args']}: {' '.join(str(error).split())}") from error
     metadata = {"image_size": content.get("image_size"), "mean": tuple(content.get("mean", IMAGENET_MEAN)),
                 "std": tuple(content.get("std", IMAGENET_STD)), "backbone_config": config}
     return backbone, metadata

@@ -83,7 +83,18 @@ def format_low_label_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def export_torchvision(checkpoint: str | Path, output: str | Path) -> Path:
-    """Write the backbone's weights under torchvision's names (``torchvision.models.resnetXX``, no ``fc``)."""
+def export_backbone(checkpoint: str | Path, output: str | Path) -> tuple[Path, str]:
+    """Write the backbone's weights in its own library's format, without the classifier: torchvision's names for
+    a ResNet (``torchvision.models.resnetXX``) or a ``torchvision:`` model, timm's for a ``timm:`` one. Returns the
+    path and a line saying what it is and the one line of Python that loads it (a ResNet of width != 1 or with the
+    CIFAR stem is not a torchvision ResNet, and the line says so)."""
+    from selfsup.models.external import export_description, export_state_dict
+
     backbone = load_backbone(checkpoint)
-    return atomic_torch_save(backbone.torchvision_state_dict(), output)
+    path = atomic_torch_save(export_state_dict(backbone), output)
+    return path, export_description(backbone, path)
+
+
+def export_torchvision(checkpoint: str | Path, output: str | Path) -> Path:
+    """See :func:`export_backbone`; the path alone."""
+    return export_backbone(checkpoint, output)[0]

@@ -28,6 +28,7 @@ from selfsup.devices import resolve_device
 from selfsup.eval.supervised import SupervisedStep
 from selfsup.eval.transfer_settings import SegmentationSettings
 from selfsup.models.backbones import ResNetBackbone
+from selfsup.schedules import scaled_learning_rate
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 IGNORE_INDEX = 255  # mask value left out of the loss and the metrics (PASCAL VOC's convention)
@@ -69,7 +70,13 @@ def build_segmenter(backbone: ResNetBackbone, num_classes: int,
     The model maps normalized images (B, 3, H, W) to ``{"out": logits (B, num_classes, H, W)}`` (and
     ``"aux"``, from layer3, with ``aux_loss``).
     """
-    resnet = backbone.resnet
+    from selfsup.models.external import resnet_body
+
+    resnet = resnet_body(backbone)
+    if resnet is None:
+        raise ValueError(f"transfer segment: backbone {getattr(backbone, 'name', type(backbone).__name__)} is not a "
+                         "ResNet; FCN / DeepLabV3 is built here over a ResNet's four stages (resnet18/34/50, or "
+                         "torchvision:resnet*, resnext*, wide_resnet*)")
     dilate_resnet_(resnet, output_stride)
     return_layers = {"layer4": "out", **({"layer3": "aux"} if aux_loss else {})}
     body = IntermediateLayerGetter(resnet, return_layers=return_layers)
@@ -168,11 +175,12 @@ def train_segmenter(model: nn.Module, dataset: Dataset, settings: SegmentationSe
     loader = DataLoader(dataset, batch_size=settings.batch_size, shuffle=True,
                         drop_last=len(dataset) > settings.batch_size, num_workers=settings.num_workers,
                         generator=generator)
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=settings.lr,
+    lr = scaled_learning_rate(settings.base_lr, settings.batch_size)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=lr,
                                 momentum=0.9, weight_decay=settings.weight_decay)
     total_steps = max(settings.epochs * len(loader), 1)
     # poly decay (DeepLab)
-    step = SupervisedStep(optimizer, lambda s: settings.lr * (1 - s / total_steps) ** 0.9, "segmentation")
+    step = SupervisedStep(optimizer, lambda s: lr * (1 - s / total_steps) ** 0.9, "segmentation")
     step_losses = []
     device = next(model.parameters()).device
     model.train()

@@ -15,7 +15,18 @@ from selfsup.eval.linear import linear_probe_accuracy
 
 
 def reinitialized(backbone: nn.Module, seed: int) -> nn.Module:
-    """A copy of ``backbone`` with every layer reset to its random initialisation (seeded, global RNG untouched)."""
+    """A copy of ``backbone`` with every layer reset to its random initialisation (seeded, global RNG untouched).
+
+    A torchvision or timm backbone is built anew by its library, since ``reset_parameters`` misses what has none
+    (a ViT's class token and position embedding, ConvNeXt's layer scale) and the library's own initialisation."""
+    from selfsup.models.external import ExternalBackbone
+
+    if isinstance(backbone, ExternalBackbone):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            fresh = ExternalBackbone(backbone.name, backbone.backbone_args, backbone.seed)
+        device = next(backbone.parameters()).device
+        return fresh.to(device).train(backbone.training)
     fresh = copy.deepcopy(backbone)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -194,6 +194,9 @@ def format_summary(summary: dict[str, Any]) -> str:
 def resolve_settings(task: Task, args: argparse.Namespace) -> tuple[TransferOptions, Any]:
     """Defaults, then ``args.config`` (strict), then the flags given: (options, task settings)."""
     recipe = load_yaml(args.config) if args.config else None
+    if recipe and "lr" in recipe:  # the name before pretrain's spelling was shared; its value must be converted
+        raise ConfigError(f"{args.config}: setting 'lr' is now 'base_lr', the rate per 256 images as in pretrain: "
+                          "base_lr = lr x 256 / batch_size")
     settings = settings_from_args(args, recipe, source=args.config or "command line")
     return settings.options, settings.budget
 

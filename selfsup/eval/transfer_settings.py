@@ -10,14 +10,16 @@ from typing import Literal
 @dataclass(frozen=True)
 class DetectionSettings:
     """A fine-tuning budget. Defaults are torchvision's reference recipe scaled to a small batch:
-    SGD, momentum 0.9, weight decay 1e-4, lr 0.02 x batch / 16 (Goyal et al. 2017's linear rule)."""
+    SGD, momentum 0.9, weight decay 1e-4, lr 0.02 x batch / 16 = 0.32 x batch / 256 (Goyal et al. 2017's linear
+    rule)."""
 
     # Passes over the training images.
     epochs: int = 10
     # Images per step.
     batch_size: int = 4
-    # Peak learning rate of SGD (momentum 0.9), after the warmup; cosine decay to 0.
-    lr: float = 0.005
+    # Learning rate per 256 images, as pretrain's: the peak rate of SGD (momentum 0.9) after the warmup is
+    # base_lr x batch_size / 256; cosine decay to 0 (torchvision's reference: 0.02 for 16 images).
+    base_lr: float = 0.32
     # SGD's weight decay.
     weight_decay: float = 1e-4
     # Steps of linear warmup (at most a fifth of the run).
@@ -52,8 +54,9 @@ class SegmentationSettings:
     epochs: int = 30
     # Images per step.
     batch_size: int = 8
-    # Initial learning rate of SGD (momentum 0.9), with poly decay (power 0.9).
-    lr: float = 0.01
+    # Learning rate per 256 images, as pretrain's: the initial rate of SGD (momentum 0.9) is
+    # base_lr x batch_size / 256, with poly decay (power 0.9).
+    base_lr: float = 0.32
     # SGD's weight decay.
     weight_decay: float = 1e-4
     # Short side before the scale jitter, and the side of the square training crop.

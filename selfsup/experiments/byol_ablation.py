@@ -2,6 +2,10 @@
 the moving average (target = online network, momentum 0), and with a constant random target (momentum 1),
 each at the same budget from the same initial weights. Grill et al. 2020 (Table 5) report that the first
 two collapse (0.3% top-1 on ImageNet) while the random target learns a little (18.8%).
+
+Beside them, SimSiam (Chen and He 2021), the published answer to "does BYOL need the moving average?": no
+target network at all, only the predictor and the stop-gradient, and no collapse (its sec. 4 and 5 explain
+why: the stop-gradient is the part that prevents it, the predictor the part that makes it learn).
 """
 
 from __future__ import annotations
@@ -38,11 +42,15 @@ class Variant:
     name: str
     use_predictor: bool
     momentum: str  # how the target follows the online network, in words for the report
-    method_args: dict  # the BYOL options that make the variant
+    method_args: dict  # the BYOL options that make the variant (SimSiam's options for the SimSiam row)
+    method: str = "byol"
 
 
-def variants(momentum_base: float = DEFAULT_MOMENTUM_BASE) -> dict[str, Variant]:
-    """The four variants, by the key the command line uses: each a setting of BYOL's options."""
+def variants(momentum_base: float = DEFAULT_MOMENTUM_BASE, projection_hidden_dim: int = 4096,
+             projection_dim: int = 256) -> dict[str, Variant]:
+    """The variants, by the key the command line uses: four settings of BYOL's options, and SimSiam with BYOL's
+    projector sizes (two layers, as BYOL's and as SimSiam's own CIFAR-10 projector) and its predictor's
+    bottleneck at a quarter of the output (the paper's 512 of 2048)."""
     cosine = f"EMA, cosine from {momentum_base:g} to 1"
     return {
         "byol": Variant("BYOL", True, cosine, {}),
@@ -51,6 +59,10 @@ def variants(momentum_base: float = DEFAULT_MOMENTUM_BASE) -> dict[str, Variant]
                           {"momentum_schedule": "constant", "momentum_base": 0.0}),
         "random-target": Variant("random target (m = 1)", True, "constant random target (m = 1)",
                                  {"momentum_schedule": "constant", "momentum_base": 1.0}),
+        "simsiam": Variant("SimSiam (no target network)", True, "none: stop-gradient on the online network",
+                           {"projection_hidden_dim": projection_hidden_dim, "projection_dim": projection_dim,
+                            "projection_layers": 2, "prediction_hidden_dim": max(1, projection_dim // 4)},
+                           method="simsiam"),
     }
 
 
@@ -60,9 +72,10 @@ class ByolAblationSettings(ExperimentSettings):
 
     pretrain: PretrainConfig = field(default_factory=lambda: experiment_pretrain_config(
         "byol", "runs/experiment-byol-ablation", momentum_base=DEFAULT_MOMENTUM_BASE))
-    # The variants to train: byol, no-predictor, no-ema (momentum 0), random-target (momentum 1).
-    variants: tuple[Literal["byol", "no-predictor", "no-ema", "random-target"], ...] = (
-        "byol", "no-predictor", "no-ema", "random-target")
+    # The variants to train: byol, no-predictor, no-ema (momentum 0), random-target (momentum 1), simsiam (SimSiam
+    # with BYOL's projector sizes: no target network, predictor and stop-gradient).
+    variants: tuple[Literal["byol", "no-predictor", "no-ema", "random-target", "simsiam"], ...] = (
+        "byol", "no-predictor", "no-ema", "random-target", "simsiam")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -119,11 +132,11 @@ def _final_knn_figure(summaries: list[dict], path: Path, chance: float, dim: int
 
 
 def run_byol_ablation(settings: ByolAblationSettings, command: str = "", log: Log = print) -> dict:
-    """Train the chosen BYOL variants (all four by default) and write ``report.md``, PNG figures and
+    """Train the chosen variants (all five by default) and write ``report.md``, PNG figures and
     ``results.json`` to ``settings.pretrain.out``; returns the results."""
     config = settings.pretrain
     momentum_base = config.method_args.momentum_base
-    available = variants(momentum_base)
+    available = variants(momentum_base, config.method_args.projection_hidden_dim, config.method_args.projection_dim)
     chosen = list(dict.fromkeys(settings.variants))
     out = Path(config.out)
     data = load_experiment_data(settings)
@@ -132,7 +145,8 @@ def run_byol_ablation(settings: ByolAblationSettings, command: str = "", log: Lo
     log(f"BYOL ablation {chosen} on {data.train.name} ({len(data.train)} images, {data.image_size} px), "
         f"kNN on {data.test.name} ({len(data.test)} images)")
     initial_knn = initial_knn_top1(settings, data)
-    runs = {key: train_variant(available[key].name, variant_config(settings, "byol", **available[key].method_args),
+    runs = {key: train_variant(available[key].name,
+                               variant_config(settings, available[key].method, **available[key].method_args),
                                settings, data, log=log)
             for key in chosen}
     summaries = [_summary(key, available[key], run, dim, chance) for key, run in runs.items()]
@@ -152,12 +166,13 @@ def run_byol_ablation(settings: ByolAblationSettings, command: str = "", log: Lo
                "runs": summaries}
 
     steps = max((row["step"] for run in runs.values() for row in run.rows), default=0)
-    lines = ["# BYOL ablation: which parts keep it from collapsing", ""]
+    lines = ["# BYOL ablation: which parts keep it from collapsing, and SimSiam beside it", ""]
     if command:
         lines += ["```", command, "```", ""]
     lines += [f"Each variant trained for {config.epochs} epochs ({steps} steps, batch {config.batch_size}) on "
               f"{len(data.train)} images of {data.train.name} at {data.image_size} px, ResNet-18 at width "
-              f"{config.width:g}, from the same initial weights and with the same views; kNN (k = "
+              f"{config.width:g}, from the same initial weights and with the same views (SimSiam with its own, MoCo v2's "
+              f"augmentation); kNN (k = "
               f"{config.knn_k}) on {len(data.test)} images of {data.test.name}. Chance is {chance:.3g}%; the "
               f"randomly initialised backbone that every variant starts from has a kNN top-1 of {initial_knn:.2f}%.",
               "",

@@ -35,7 +35,7 @@ from selfsup.devices import resolve_device
 from selfsup.eval.features import extract_features
 from selfsup.eval.knn import knn_accuracy
 from selfsup.files import write_json
-from selfsup.schedules import scaled_learning_rate
+from selfsup.schedules import capped_warmup_steps, scaled_learning_rate
 from selfsup.train.build import auto_image_size, build_backbone, build_batches, build_method, channel_stats
 from selfsup.train.optim import build_optimizer, build_scheduler
 from selfsup.train.step import NonFiniteLossError, TrainingStep
@@ -197,8 +197,8 @@ def final_embeddings(method: nn.Module, batches, epoch: int, pairs: int) -> tupl
     saved = {key: value.clone() for key, value in method.state_dict().items() if "running" in key or
              "num_batches" in key}
     first, second = [], []
-    for view1, view2, _ in batches.epoch(epoch):
-        z1, z2 = method(view1, view2).embeddings
+    for *views, _ in batches.epoch(epoch):
+        z1, z2 = method(*views).embeddings
         first.append(z1.float().cpu())
         second.append(z2.float().cpu())
         if sum(len(z) for z in first) >= pairs:
@@ -222,22 +222,22 @@ def train_variant(name: str, config: PretrainConfig, settings: ExperimentSetting
     method = build_method(config, backbone).to(device)
     batches = build_batches(config, data.train, config.crop_size or data.image_size, data.mean, data.std, device)
     total_steps = config.epochs * len(batches)
-    warmup_steps = min(round(config.warmup_epochs * len(batches)), total_steps)
+    warmup_steps = capped_warmup_steps(config.warmup_epochs, len(batches), total_steps)
     hyper = resolve(config)
     optimizer = build_optimizer(config.optimizer, method.learnable_parameters(),
                                 scaled_learning_rate(hyper.base_lr, config.batch_size), hyper.weight_decay,
                                 lars_trust_coefficient=config.lars_trust_coefficient, lars_clip=config.lars_clip)
     training_step = TrainingStep(method, optimizer, build_scheduler(optimizer, total_steps, warmup_steps),
-                                 total_steps, precision=config.precision, grad_clip=config.grad_clip,
+                                 total_steps, len(batches), precision=config.precision, grad_clip=config.grad_clip,
                                  channels_last=bool(config.channels_last), device_type=device.type)
     run = VariantRun(name=name, method=method)
     start = time.perf_counter()
     step = 0
     method.train()
     for epoch in range(config.epochs):
-        for view1, view2, _ in batches.epoch(epoch):
+        for *views, _ in batches.epoch(epoch):
             try:
-                result = training_step(view1, view2, step, epoch)
+                result = training_step(views, step, epoch)
             except NonFiniteLossError as error:
                 log(f"[{name}] {str(error).split('. ')[0]}: stopping this variant")
                 run.diverged = True

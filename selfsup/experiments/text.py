@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from selfsup.methods.momentum import cosine_momentum
 from selfsup.monitors import collapse_warning, embedding_monitors
+from selfsup.schedules import scaled_learning_rate
 from selfsup.text import figures
 from selfsup.text.benchmark import TextBenchmark, load_benchmark
 from selfsup.text.data import DEFAULT_FORTUNES_DIR, DEFAULT_TOPICS, DEFAULT_WORDNET_DIR
@@ -75,8 +76,9 @@ class TextExperimentSettings:
     projection_hidden_dim: int = 512
     # output size of the projection head
     projection_dim: int = 128
-    # peak AdamW learning rate (linear warmup over the first tenth of the steps, then cosine decay to 0)
-    learning_rate: float = 5e-3
+    # AdamW learning rate per 256 texts, as pretrain's: the peak rate is base_lr x batch_size / 256 (0.005 at the
+    # batch of 64); linear warmup over the first tenth of the steps, then cosine decay to 0
+    base_lr: float = 0.02
     # AdamW weight decay
     weight_decay: float = 0.01
     # NT-Xent temperatures of the augmented variant, one run each; the best on validation is the dropout variant's
@@ -135,8 +137,8 @@ class TextExperimentSettings:
             raise ValueError(f"setting 'dropout' must be in [0, 1), got {self.dropout}")
         if self.pooling not in ("mean", "first"):
             raise ValueError(f"setting 'pooling' must be 'mean' or 'first', got {self.pooling!r}")
-        if not self.learning_rate > 0 or self.weight_decay < 0:
-            raise ValueError("setting 'learning_rate' must be > 0 and 'weight_decay' >= 0")
+        if not self.base_lr > 0 or self.weight_decay < 0:
+            raise ValueError("setting 'base_lr' must be > 0 and 'weight_decay' >= 0")
         if not self.temperatures or any(not t > 0 for t in self.temperatures):
             raise ValueError(f"setting 'temperatures' must be one or more values > 0, got {self.temperatures}")
         unknown = [v for v in self.variants if v not in VARIANTS]
@@ -239,7 +241,8 @@ def _run(settings: TextExperimentSettings, command: str, log: Log) -> dict:
         batches = MixedBatches(sequences, settings.batch_size, settings.fortune_share, settings.seed)
         trained = train_text_method(
             method, vocabulary, batches, TokenAugmentation() if variant == "dropout" else augmentation,
-            settings.steps, settings.learning_rate, settings.weight_decay, settings.seed,
+            settings.steps, scaled_learning_rate(settings.base_lr, settings.batch_size), settings.weight_decay,
+            settings.seed,
             momentum_at=(lambda s, n: cosine_momentum(s, n, settings.byol_base_momentum)) if variant == PREDICTOR_TARGET
             else None, log_every=settings.log_every, device=device, on_step=lambda: bar.update(1), log=log,
             name=name)

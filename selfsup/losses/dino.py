@@ -110,14 +110,12 @@ class DINOLoss(nn.Module):
                                      for t in teacher_outputs]
             student_log_probabilities = [F.log_softmax(s.to(compute_dtype) / self.student_temperature, dim=1)
                                          for s in student_outputs]
-            total, pairs = student_outputs[0].new_zeros((), dtype=compute_dtype), 0
-            for teacher_view, probabilities in enumerate(teacher_probabilities):
-                for student_view, log_probabilities in enumerate(student_log_probabilities):
-                    if student_view == teacher_view:
-                        continue  # the same crop: no pair
-                    total = total - (probabilities * log_probabilities).sum(dim=1).mean()
-                    pairs += 1
-            loss = total / pairs
+            # The sum over pairs of different views, as all pairs minus the G same-crop pairs: (sum_a P_a) .
+            # (sum_b log P_b) - sum_a P_a . log P_a, three products of (N, K) instead of G (V - 1).
+            all_pairs = (torch.stack(teacher_probabilities).sum(0) * torch.stack(student_log_probabilities).sum(0))
+            same_crop = sum(p * s for p, s in zip(teacher_probabilities, student_log_probabilities))
+            pairs = len(teacher_probabilities) * (len(student_log_probabilities) - 1)
+            loss = -(all_pairs - same_crop).sum(dim=1).mean() / pairs
         if self.training:
             self.update_center(teacher_outputs)
         return loss

@@ -10,6 +10,7 @@ here (see :mod:`selfsup.methods.base` for what the class holds). A user's own me
 from selfsup.methods.barlow_twins import BarlowTwins, BarlowTwinsSettings
 from selfsup.methods.base import Method
 from selfsup.methods.byol import BYOL, BYOLSettings
+from selfsup.methods.dino import DINO, DINOSettings
 from selfsup.methods.moco_v2 import MoCoV2, MoCoV2Settings
 from selfsup.methods.moco_v3 import MoCoV3, MoCoV3Settings
 from selfsup.methods.momentum import cosine_momentum, ema_update_, frozen_copy
@@ -26,6 +27,7 @@ METHODS: dict[str, type[Method]] = {
     "moco-v3": MoCoV3,
     "barlow-twins": BarlowTwins,
     "vicreg": VICReg,
+    "dino": DINO,
 }
 
 
@@ -38,6 +40,6 @@ def method_class(name: str) -> type[Method]:
                          f"{', '.join(sorted(METHODS))}") from None
 
 
-__all__ = ["BYOL", "BYOLSettings", "METHODS", "BarlowTwins", "BarlowTwinsSettings", "Method", "MethodOutput", "MoCoV2",
+__all__ = ["BYOL", "BYOLSettings", "DINO", "DINOSettings", "METHODS", "BarlowTwins", "BarlowTwinsSettings", "Method", "MethodOutput", "MoCoV2",
            "MoCoV2Settings", "MoCoV3", "MoCoV3Settings", "SimCLR", "SimCLRSettings", "SimSiam", "SimSiamSettings",
            "VICReg", "VICRegSettings", "cosine_momentum", "ema_update_", "frozen_copy", "method_class"]

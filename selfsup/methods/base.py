@@ -6,11 +6,14 @@ line in :data:`selfsup.methods.METHODS`. The loop never tests a method's name; i
 - ``Settings``: a frozen dataclass of the method's own options (head sizes, temperature, momentum, ...), each
   field with a comment that becomes its flag's help line; ``from_settings(backbone, settings)`` builds it;
 - ``optimizer_defaults``: the paper's base learning rate (per 256 images) and weight decay per optimizer;
-- ``view_recipes(settings, crop_size, mean, std, blur)``: the :class:`ViewConfig` of each of its two views;
-- ``forward(view1, view2) -> MethodOutput``;
+- ``view_recipes(settings, crop_size, mean, std, blur)``: the :class:`ViewConfig` of each of its views (two, or
+  a multi-crop: DINO's global and local views, each with its own ``crop_size``);
+- ``forward(*views) -> MethodOutput``, the views in the order of the recipes;
 - ``learnable_parameters()``: its optimizer parameter groups (e.g. a predictor at its own learning rate);
 - ``momentum_at(step, total_steps)`` and ``update_target(momentum)``: its target network's rule, if any;
-- ``nonfinite_causes()``: its own suspects when the loss becomes NaN (a temperature too low).
+- ``nonfinite_causes()``: its own suspects when the loss becomes NaN (a temperature too low);
+- ``begin_step(epoch)`` and ``adjust_gradients(epoch)``: state that follows the run's progress, ``epoch`` a
+  float (step / steps per epoch): DINO's teacher temperature, its last layer frozen in the first epoch.
 
 Anything kept in buffers (a queue, a center) travels in the checkpoint with the weights.
 """
@@ -39,10 +42,10 @@ class Method(nn.Module):
 
     @classmethod
     def view_recipes(cls, settings: Any, crop_size: int, mean: tuple[float, ...], std: tuple[float, ...],
-                     blur: bool | None) -> tuple[ViewConfig, ViewConfig]:
+                     blur: bool | None) -> tuple[ViewConfig, ...]:
         raise NotImplementedError(f"{cls.__name__}.view_recipes")
 
-    def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> MethodOutput:
+    def forward(self, *views: torch.Tensor) -> MethodOutput:
         raise NotImplementedError(f"{type(self).__name__}.forward")
 
     def learnable_parameters(self) -> list[dict[str, Any]]:
@@ -63,3 +66,19 @@ class Method(nn.Module):
     @torch.no_grad()
     def update_target(self, momentum: float) -> None:
         """Move the target network after an optimizer step; a method without one does nothing."""
+
+    def begin_step(self, epoch: float) -> None:
+        """Called before each step's forward pass, ``epoch`` = step / steps per epoch (0.5: half-way through
+        the first epoch): a method whose loss follows the run's progress sets it here (DINO's teacher
+        temperature warmup). Default: nothing."""
+
+    def adjust_gradients(self, epoch: float) -> None:
+        """Called after the backward pass, before the optimizer step (gradients already all-reduced; still scaled
+        under fp16): a method may drop gradients here (DINO freezes its last layer in the first epoch by
+        setting them to None, so the optimizer leaves it untouched). Default: nothing."""
+
+
+def low_temperature_suspect(temperature: float) -> list[str]:
+    """The suspect a contrastive method names for a NaN loss: a softmax temperature below about 0.05, where the
+    loss's gradients, which grow as 1/t, can throw the weights out of range in one step (NT-Xent, InfoNCE)."""
+    return [f"a temperature this low (temperature {temperature:g})"] if temperature < 0.05 else []

@@ -31,7 +31,7 @@ from torch import nn
 from selfsup import dist
 from selfsup.data.datasets import SMALL_IMAGE_SIDE
 from selfsup.losses import InfoNCELoss
-from selfsup.methods.base import Method
+from selfsup.methods.base import Method, low_temperature_suspect
 from selfsup.methods.momentum import ema_update_, frozen_copy, scheduled_momentum
 from selfsup.methods.output import MethodOutput
 from selfsup.models.heads import mlp
@@ -146,6 +146,9 @@ class MoCoV2(Method):
         positions = (self.queue_pointer + torch.arange(keys.shape[0], device=keys.device)) % size
         self.queue.index_copy_(0, positions, keys)
         self.queue_pointer.copy_((self.queue_pointer + keys.shape[0]) % size)
+
+    def nonfinite_causes(self) -> list[str]:
+        return low_temperature_suspect(self.criterion.temperature)
 
     def momentum_at(self, step: int, total_steps: int) -> float:
         return scheduled_momentum(self.momentum_schedule, self.momentum_base, step, total_steps)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from selfsup.losses import InfoNCELoss
-from selfsup.methods.base import Method
+from selfsup.methods.base import Method, low_temperature_suspect
 from selfsup.methods.byol import byol_views
 from selfsup.methods.momentum import ema_update_, frozen_copy, scheduled_momentum
 from selfsup.methods.output import MethodOutput
@@ -113,6 +113,9 @@ class MoCoV3(Method):
         loss = 2 * self.temperature * (self.criterion(query1, key2) + self.criterion(query2, key1))
         return MethodOutput(loss=loss, features=features1.detach(),
                             embeddings=(projection1.detach(), projection2.detach()))
+
+    def nonfinite_causes(self) -> list[str]:
+        return low_temperature_suspect(self.criterion.temperature)
 
     def momentum_at(self, step: int, total_steps: int) -> float:
         return scheduled_momentum(self.momentum_schedule, self.momentum_base, step, total_steps)

@@ -14,7 +14,7 @@ from torch import nn
 
 from selfsup.data.datasets import SMALL_IMAGE_SIDE
 from selfsup.losses import NTXentLoss
-from selfsup.methods.base import Method
+from selfsup.methods.base import Method, low_temperature_suspect
 from selfsup.methods.output import MethodOutput
 from selfsup.models.heads import simclr_projection_head
 from selfsup.transforms.views import CIFAR10_MEAN, CIFAR10_STD, ViewConfig
@@ -99,9 +99,7 @@ class SimCLR(Method):
         return view, view  # one recipe, drawn twice
 
     def nonfinite_causes(self) -> list[str]:
-        temperature = self.criterion.temperature
-        # NT-Xent's gradients grow as 1/t: below about 0.05 one step can throw the weights out of range.
-        return [f"a temperature this low (temperature {temperature:g})"] if temperature < 0.05 else []
+        return low_temperature_suspect(self.criterion.temperature)
 
     def forward(self, view1: torch.Tensor, view2: torch.Tensor) -> MethodOutput:
         # One pass over both views, as the paper's code does: BatchNorm sees all 2N views.

@@ -96,8 +96,11 @@ class ResNetBackbone(nn.Module):
         return {key: value.detach().clone() for key, value in self.resnet.state_dict().items()}
 
 
-def backbone_config(backbone: ResNetBackbone) -> dict:
-    """What rebuilds ``backbone`` (checkpoints carry it): ``{"name", "cifar_stem", "width"}``."""
+def backbone_config(backbone: nn.Module) -> dict:
+    """What rebuilds ``backbone`` (checkpoints carry it): ``{"name", "cifar_stem", "width"}`` for a ResNetBackbone,
+    ``{"name", "backbone_args"}`` for a torchvision or timm model (``selfsup.models.external.ExternalBackbone``)."""
+    if not isinstance(backbone, ResNetBackbone):
+        return {"name": backbone.name, "backbone_args": dict(backbone.backbone_args)}
     return {"name": backbone.name, "cifar_stem": backbone.cifar_stem, "width": backbone.width}
 
 

@@ -14,6 +14,7 @@ from selfsup.eval.knn import knn_accuracy
 from selfsup.eval.linear import linear_probe_accuracy
 from selfsup.files import write_json
 from selfsup.methods import SimCLR, method_class
+from selfsup.provenance import run_record
 from selfsup.settings import to_dict
 from selfsup.tf.train import channel_stats, extract_features_tf, pretrain_simclr_tf
 
@@ -21,7 +22,8 @@ from selfsup.tf.train import channel_stats, extract_features_tf, pretrain_simclr
 _SUPPORTED = {"method", "method_args", "data", "test_data", "out", "image_size", "backbone", "width", "cifar_stem",
               "blur", "epochs", "batch_size", "optimizer", "base_lr", "weight_decay", "warmup_epochs", "seed",
               "progress", "framework", "eval_at_end", "linear_max_iter", "knn_k", "knn_temperature", "report",
-              "num_workers", "device", "log_every", "online_probe", "skip_bad_images",
+              "num_workers", "device", "log_every", "online_probe", "skip_bad_images", "crop_min_scale",
+              "tensorboard",  # the Keras loop writes no TensorBoard files: nothing to switch off
               "channels_last"}  # Keras convolutions are NHWC already
 
 
@@ -32,8 +34,9 @@ def _nhwc(data: ImageData) -> np.ndarray:
     return data.images.permute(0, 2, 3, 1).numpy()
 
 
-def pretrain_tensorflow(config: PretrainConfig, log=print) -> dict | None:
-    """Train SimCLR in TensorFlow as ``config`` says; write the encoder weights and the kNN / linear table."""
+def pretrain_tensorflow(config: PretrainConfig, log=print, command: str | None = None) -> dict | None:
+    """Train SimCLR in TensorFlow as ``config`` says; write the encoder weights and the kNN / linear table.
+    ``command``: the command line recorded in OUT/config.json (default: this process's)."""
     if method_class(config.method) is not SimCLR:
         raise ValueError("setting 'framework': tensorflow implements SimCLR only; use --method simclr")
     simclr = config.method_args
@@ -54,14 +57,16 @@ def pretrain_tensorflow(config: PretrainConfig, log=print) -> dict | None:
         images, epochs=config.epochs, batch_size=config.batch_size, image_size=image_size,
         backbone=config.backbone, width=config.width, cifar_stem=config.cifar_stem,
         temperature=simclr.temperature, base_lr=hp.base_lr, weight_decay=hp.weight_decay,
-        warmup_epochs=config.warmup_epochs, color_strength=simclr.color_strength, blur=config.blur, mean=mean,
+        warmup_epochs=config.warmup_epochs, color_strength=simclr.color_strength, blur=config.blur,
+        crop_min_scale=config.crop_min_scale, mean=mean,
         std=std, projection_hidden_dim=simclr.projection_hidden_dim, projection_dim=simclr.projection_dim,
         gather_distributed=simclr.gather_distributed, seed=config.seed, verbose=1 if config.progress else 0)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     encoder.save_weights(str(out / "encoder.weights.h5"))
+    record = run_record(command, mean, std, f"the training data, {data.name} (measured on its images in memory)")
     write_json(out / "config.json", {**to_dict(config), "image_size": image_size, "mean": list(mean),
-                                     "std": list(std)})
+                                     "std": list(std), "run": record})
     if not config.eval_at_end or data.labels is None:
         return None
     test = load_test_split(config.data, config.test_data, config.skip_bad_images)

@@ -9,6 +9,7 @@ NT-Xent at temperature 0.5, projection 2048 -> 128, the ``simclr_view`` augmenta
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import keras
@@ -16,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from selfsup.methods.simclr import simclr_view
-from selfsup.schedules import scaled_learning_rate
+from selfsup.schedules import capped_warmup_steps, scaled_learning_rate
 from selfsup.tf.augment import augment_view, eval_preprocess
 from selfsup.tf.losses import nt_xent_loss
 from selfsup.tf.models import EncoderName, build_encoder, simclr_projection_head
@@ -132,6 +133,7 @@ def pretrain_simclr_tf(
     warmup_epochs: float = 10.0,
     color_strength: float = 1.0,
     blur: bool | None = None,
+    crop_min_scale: float | None = None,
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     projection_hidden_dim: int = 2048,
@@ -153,8 +155,10 @@ def pretrain_simclr_tf(
         temperature: NT-Xent temperature (0.5: the paper's CIFAR-10 value).
         base_lr: LARS learning rate per 256 images; the peak is ``base_lr x batch_size / 256``.
         weight_decay: LARS weight decay (biases and BatchNorm excluded).
-        warmup_epochs: linear warmup before the cosine decay (both per step).
+        warmup_epochs: linear warmup before the cosine decay (both per step), at most a tenth of the run
+            (:func:`selfsup.schedules.capped_warmup_steps`, as the PyTorch loop).
         color_strength, blur: the ``simclr_view`` recipe's jitter strength and blur (None: off at <= 64 px).
+        crop_min_scale: smallest area fraction of the random resized crop; None: the recipe's (0.08).
         mean, std: normalization of the views (default: :func:`channel_stats` of ``images``); pass the
             same to :func:`extract_features_tf`.
         strategy: a ``tf.distribute`` strategy (default: the current one, one device). ``batch_size``
@@ -179,9 +183,11 @@ def pretrain_simclr_tf(
     if mean is None or std is None:
         mean, std = channel_stats(images)
     view = simclr_view(image_size, color_strength, mean, std, blur=blur)
+    if crop_min_scale is not None:
+        view = dataclasses.replace(view, crop_scale=(crop_min_scale, 1.0))
 
     total_steps = epochs * steps_per_epoch
-    warmup_steps = min(round(warmup_epochs * steps_per_epoch), total_steps)
+    warmup_steps = capped_warmup_steps(warmup_epochs, steps_per_epoch, total_steps)
     keras.utils.set_random_seed(seed)  # initial weights
     with strategy.scope():
         encoder = build_encoder(backbone, image_size, width=width, cifar_stem=cifar_stem)

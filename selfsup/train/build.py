@@ -12,10 +12,10 @@ from torch import nn
 from selfsup import dist
 from selfsup.config import PretrainConfig
 from selfsup.data.datasets import ImageData
-from selfsup.data.loading import FileTwoViewBatches, InMemoryTwoViewBatches, PerImageTwoViews
+from selfsup.data.loading import FileViewBatches, InMemoryViewBatches, PerImageViews
 from selfsup.methods import Method, method_class
 from selfsup.models import ResNetBackbone
-from selfsup.transforms.views import IMAGENET_MEAN, IMAGENET_STD, TwoViewTransform, view_transform
+from selfsup.transforms.views import IMAGENET_MEAN, IMAGENET_STD, MultiViewTransform, view_transform
 
 
 def check_batch_size(config: PretrainConfig, images: int, world: int) -> None:
@@ -40,15 +40,34 @@ def channel_stats(data: ImageData) -> tuple[tuple[float, ...], tuple[float, ...]
     return tuple(round(v, 4) for v in sample.mean(dim=(0, 2, 3)).tolist()), tuple(round(v, 4) for v in std.tolist())
 
 
+def channel_stats_source(data: ImageData) -> str:
+    """Whose statistics :func:`channel_stats` gives for ``data``, in words (for config.json and the report)."""
+    if data.images is None:
+        return "ImageNet (the images stream from disk, so their own are not measured)"
+    return f"the training data, {data.name} (measured on its images in memory)"
+
+
 def auto_image_size(config: PretrainConfig, data: ImageData) -> int:
     if config.image_size is not None:
         return config.image_size
     return max(data.image_side, 16) if data.in_memory else 224
 
 
-def build_backbone(config: PretrainConfig, image_size: int) -> ResNetBackbone:
-    cifar_stem = config.cifar_stem if config.cifar_stem is not None else image_size <= 64
-    return ResNetBackbone(config.backbone, cifar_stem=cifar_stem, width=config.width)
+def build_backbone(config: PretrainConfig, image_size: int) -> nn.Module:
+    """The encoder (images -> pooled features, ``feature_dim`` wide): one of selfsup's ResNets, or a torchvision or
+    timm model (``torchvision:NAME`` / ``timm:NAME`` with ``backbone_args``; selfsup.models.external); with
+    ``backbone_weights``, its initial weights from that local file."""
+    from selfsup.models.external import ExternalBackbone, check_input_size, is_external, load_backbone_weights
+
+    if is_external(config.backbone):
+        backbone = ExternalBackbone(config.backbone, config.backbone_args, seed=config.seed)
+        check_input_size(backbone, image_size, config.crop_size or image_size)
+    else:
+        cifar_stem = config.cifar_stem if config.cifar_stem is not None else image_size <= 64
+        backbone = ResNetBackbone(config.backbone, cifar_stem=cifar_stem, width=config.width)
+    if config.backbone_weights is not None:
+        load_backbone_weights(backbone, config.backbone_weights)
+    return backbone
 
 
 def build_method(config: PretrainConfig, backbone: nn.Module) -> Method:
@@ -56,21 +75,22 @@ def build_method(config: PretrainConfig, backbone: nn.Module) -> Method:
 
 
 def build_batches(config: PretrainConfig, data: ImageData, crop_size: int, mean, std, device: torch.device):
-    """The epoch's batches of two views, by the method's view recipes; augmented on the device when the images
-    are in memory, by DataLoader workers when they stream from disk."""
+    """The epoch's batches of views, by the method's view recipes (two, or a multi-crop); augmented on the
+    device when the images are in memory, by DataLoader workers when they stream from disk. ``crop_min_scale``
+    replaces the crop scale of the views at ``crop_size`` (a multi-crop's local views keep their own)."""
     recipes = method_class(config.method).view_recipes(config.method_args, crop_size, mean, std, config.blur)
     if config.crop_min_scale is not None:
-        recipes = [dataclasses.replace(view, crop_scale=(config.crop_min_scale, 1.0)) for view in recipes]
-    first, second = recipes
+        recipes = [dataclasses.replace(view, crop_scale=(config.crop_min_scale, 1.0))
+                   if view.crop_size == crop_size else view for view in recipes]
     rank, world = dist.rank(), dist.world_size()
     if data.in_memory:
         try:
-            from selfsup.transforms.batched import BatchedTwoViews, BatchedViewAugment
+            from selfsup.transforms.batched import BatchedViews, BatchedViewAugment
 
-            two_views = BatchedTwoViews(BatchedViewAugment(first), BatchedViewAugment(second)).to(device)
+            make_views = BatchedViews(*map(BatchedViewAugment, recipes)).to(device)
         except ImportError:  # the per-image pipeline computes the same distributions, only slower
-            two_views = PerImageTwoViews(TwoViewTransform(view_transform(first), view_transform(second)))
-        return InMemoryTwoViewBatches(data, two_views, config.batch_size, config.seed, device, rank, world)
-    transform = TwoViewTransform(view_transform(first), view_transform(second))
-    return FileTwoViewBatches(data, transform, config.batch_size, config.seed, device, config.num_workers,
-                              rank, world, config.skip_bad_images)
+            make_views = PerImageViews(MultiViewTransform(*map(view_transform, recipes)))
+        return InMemoryViewBatches(data, make_views, config.batch_size, config.seed, device, rank, world)
+    transform = MultiViewTransform(*map(view_transform, recipes))
+    return FileViewBatches(data, transform, config.batch_size, config.seed, device, config.num_workers,
+                           rank, world, config.skip_bad_images)

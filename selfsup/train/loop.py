@@ -27,7 +27,7 @@ from selfsup.files import atomic_write_text, write_json
 from selfsup.methods import Method
 from selfsup.models import ResNetBackbone, backbone_config
 from selfsup.monitors import collapse_warning
-from selfsup.schedules import scaled_learning_rate
+from selfsup.schedules import capped_warmup_steps, scaled_learning_rate
 from selfsup.settings import to_dict
 from selfsup.train.build import (
     auto_image_size,
@@ -35,6 +35,7 @@ from selfsup.train.build import (
     build_batches,
     build_method,
     channel_stats,
+    channel_stats_source,
     check_batch_size,
 )
 from selfsup.train.metrics_log import MetricsLog
@@ -66,8 +67,11 @@ class TrainedRun:
 
 
 def start_processes(config: PretrainConfig) -> torch.device:
-    """The run's device; joins the process group that torchrun describes, if any."""
+    """The run's device (and torch's CPU threads, when set); joins the process group that torchrun describes, if
+    any."""
     device = resolve_device(config.device)
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     dist.init_from_environment(device.type)
@@ -79,6 +83,17 @@ def _rng_state() -> dict:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def _above_bar(log: Log) -> Log:
+    """``log`` printing above the progress bar (tqdm redraws it below the line), not through it."""
+    from tqdm import tqdm
+
+    def write(message: str) -> None:
+        with tqdm.external_write_mode():
+            log(message)
+
+    return write
 
 
 class _StopSignals:
@@ -129,11 +144,13 @@ def _check_resumable(state: dict, config: PretrainConfig, image_size: int, resum
 
 
 def train(config: PretrainConfig, data: ImageData, device: torch.device, resume: str | Path | None = None,
-          log: Log = print, epoch_end: Callable[[int, TrainedRun], dict] | None = None) -> TrainedRun:
+          log: Log = print, epoch_end: Callable[[int, TrainedRun], dict] | None = None,
+          command: str | None = None) -> TrainedRun:
     """Train ``config.method`` on ``data``; ``resume`` a checkpoint file, or "auto" for the newest in out/.
 
     ``epoch_end(epoch, run)``, called on the main process after each epoch (counted from 1), returns figures for
-    that epoch's row of the metrics (the pipeline's kNN check).
+    that epoch's row of the metrics (the pipeline's kNN check). ``command``, the command line that started the
+    run (default: this process's), is recorded in OUT/config.json.
     """
     world, is_main = dist.world_size(), dist.is_main_process()
     log = log if is_main else (lambda *_: None)
@@ -162,13 +179,14 @@ def train(config: PretrainConfig, data: ImageData, device: torch.device, resume:
         raise ValueError(f"setting 'batch_size' ({config.batch_size}) leaves no full batch in {len(data)} images")
     total_steps = config.epochs * steps_per_epoch
     last_step = min(total_steps, config.max_steps) if config.max_steps else total_steps
-    warmup_steps = min(round(config.warmup_epochs * steps_per_epoch), total_steps)
+    warmup_steps = capped_warmup_steps(config.warmup_epochs, steps_per_epoch, total_steps)
     hyper = resolve(config)
     peak_lr = scaled_learning_rate(hyper.base_lr, config.batch_size)
     optimizer = build_optimizer(config.optimizer, method.learnable_parameters(), peak_lr, hyper.weight_decay,
                                 lars_trust_coefficient=config.lars_trust_coefficient, lars_clip=config.lars_clip)
     training_step = TrainingStep(method, optimizer, build_scheduler(optimizer, total_steps, warmup_steps),
-                                 total_steps, model=model, precision=config.precision, grad_clip=config.grad_clip,
+                                 total_steps, steps_per_epoch, model=model, precision=config.precision,
+                                 grad_clip=config.grad_clip,
                                  channels_last=channels_last, on_nonfinite=config.on_nonfinite,
                                  device_type=device.type)
     probe = probe_optimizer = None
@@ -226,21 +244,25 @@ def train(config: PretrainConfig, data: ImageData, device: torch.device, resume:
         prune_checkpoints(checkpoint_dir, config.keep_checkpoints)
         return path
 
-    metrics = MetricsLog(out_dir / "metrics.jsonl", resume_step=step if resume is not None else None) \
+    metrics = MetricsLog(out_dir / "metrics.jsonl", resume_step=step if resume is not None else None,
+                         tensorboard=config.tensorboard) \
         if is_main else None
     if is_main:
-        write_json(out_dir / "config.json", to_dict(config))
+        from selfsup.provenance import run_record
+
+        write_json(out_dir / "config.json", {**to_dict(config), "run": run_record(
+            command, mean, std, channel_stats_source(data), resumed_from=str(resume) if resume else None)})
         if data.skipped:
             atomic_write_text(out_dir / "skipped_images.txt", "".join(f"{p}\t{why}\n" for p, why in data.skipped))
-    if warmup_steps >= total_steps:
-        log(f"warning: the warmup ({config.warmup_epochs:g} epochs) lasts the whole run of {config.epochs} epoch(s): "
-            "the learning rate rises throughout and never decays; give --warmup-epochs a share of the run")
     if crop_size > image_size:
         log(f"warning: crop_size {crop_size} is larger than image_size {image_size}: the views are upsampled "
             "crops, bigger than the images evaluated")
     crops = f" (views of {crop_size} px)" if crop_size != image_size else ""
     log(f"{config.method} on {data.name}: {len(data)} images at {image_size} px{crops}, {world} process(es), "
         f"{steps_per_epoch} steps/epoch x {config.epochs} epochs, lr {peak_lr:.4g}, {config.optimizer}")
+    if warmup_steps < round(config.warmup_epochs * steps_per_epoch):
+        log(f"warmup: {warmup_steps} steps ({warmup_steps / steps_per_epoch:.3g} epochs, a tenth of the run's "
+            f"{total_steps}) instead of the {config.warmup_epochs:g} epochs set, so that the learning rate decays")
 
     model.train()
     last_checkpoint = None
@@ -256,12 +278,14 @@ def train(config: PretrainConfig, data: ImageData, device: torch.device, resume:
                 break
             first_batch = start_batch if epoch == start_epoch else 0
             if is_main and config.progress:
-                from tqdm import tqdm
-                progress_bar = tqdm(total=steps_per_epoch, initial=first_batch, desc=f"epoch {epoch + 1}/"
-                                    f"{config.epochs}", unit="step", leave=False)
-            for view1, view2, labels in batches.epoch(epoch, first_batch):
+                if progress_bar is None:  # one bar for the whole run, so that its ETA is the run's
+                    from tqdm import tqdm
+                    progress_bar = tqdm(total=last_step, initial=step, unit="step", dynamic_ncols=True)
+                    log = _above_bar(log)
+                progress_bar.set_description(f"epoch {epoch + 1}/{config.epochs}")
+            for *views, labels in batches.epoch(epoch, first_batch):
                 try:
-                    result = training_step(view1, view2, step, epoch)
+                    result = training_step(views, step, epoch)
                 except NonFiniteLossError as error:
                     raise NonFiniteLossError(f"{error}{last_good_checkpoint()}") from None
                 step += 1
@@ -283,7 +307,7 @@ def train(config: PretrainConfig, data: ImageData, device: torch.device, resume:
                     probe_correct += int((logits.argmax(1) == labels).sum())
                     probe_seen += len(labels)
 
-                window_images += view1.shape[0] * world
+                window_images += views[0].shape[0] * world
                 if progress_bar is not None:
                     progress_bar.update(1)
                 if step % config.log_every == 0 or step == last_step:
@@ -310,8 +334,6 @@ def train(config: PretrainConfig, data: ImageData, device: torch.device, resume:
                                               f"{last_checkpoint}; resume with --resume auto")
                 if step >= last_step:
                     break
-            if progress_bar is not None:
-                progress_bar.close()
             epoch_row = {"step": step, "epoch": epoch + 1}
             if probe_seen:
                 probe_correct, probe_seen = dist.all_reduce_mean(
@@ -325,6 +347,8 @@ def train(config: PretrainConfig, data: ImageData, device: torch.device, resume:
                 log("  ".join(f"{k} {v}" for k, v in epoch_row.items()))
             last_checkpoint = save(step) or last_checkpoint
             dist.barrier()
+    if progress_bar is not None:
+        progress_bar.close()
     if metrics is not None:
         metrics.close()
     if skipped_steps:

@@ -1,25 +1,25 @@
 """Augmentation of one view (a ViewConfig), per image (PIL / uint8) and batched on the training device."""
 
-from selfsup.transforms.batched import BatchedTwoViews, BatchedViewAugment, ViewParameters
+from selfsup.transforms.batched import BatchedViews, BatchedViewAugment, ViewParameters
 from selfsup.transforms.views import (
     CIFAR10_MEAN,
     CIFAR10_STD,
     IMAGENET_MEAN,
     IMAGENET_STD,
-    TwoViewTransform,
+    MultiViewTransform,
     ViewConfig,
     eval_transform,
     view_transform,
 )
 
 __all__ = [
-    "BatchedTwoViews",
+    "BatchedViews",
     "BatchedViewAugment",
     "CIFAR10_MEAN",
     "CIFAR10_STD",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
-    "TwoViewTransform",
+    "MultiViewTransform",
     "ViewConfig",
     "ViewParameters",
     "eval_transform",

@@ -171,32 +171,35 @@ class BatchedViewAugment(nn.Module):
         return views
 
 
-class BatchedTwoViews(nn.Module):
-    """Two independently augmented views of every image of a batch: ``(first(images), second(images))``.
+class BatchedViews(nn.Module):
+    """Independently augmented views of every image of a batch, one per augmentation:
+    ``(augments[0](images), augments[1](images), ...)``; a single augmentation gives two views of it. Views may
+    differ in size (DINO's global and local crops).
 
     In a distributed run each process holds rows ``first_row ...`` of a global batch of ``global_batch``
     images: the parameters of the whole global batch are drawn (a few numbers per image, cheap) and this
     process's rows kept, so the views do not depend on how the global batch is split over processes.
     """
 
-    def __init__(self, first: BatchedViewAugment, second: BatchedViewAugment | None = None) -> None:
+    def __init__(self, *augments: BatchedViewAugment) -> None:
         super().__init__()
-        self.first = first
-        self.second = second if second is not None else first
+        if not augments:
+            raise ValueError("BatchedViews needs at least one augmentation")
+        self.augments = nn.ModuleList(augments if len(augments) > 1 else augments * 2)
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None, first_row: int = 0,
-                global_batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                global_batch: int | None = None) -> tuple[torch.Tensor, ...]:
         _check_images(images)
         batch, _, height, width = images.shape
         global_batch = batch if global_batch is None else global_batch
         if not 0 <= first_row <= global_batch - batch:
-            raise ValueError(f"BatchedTwoViews: rows {first_row}..{first_row + batch - 1} are not inside a "
+            raise ValueError(f"BatchedViews: rows {first_row}..{first_row + batch - 1} are not inside a "
                              f"global batch of {global_batch} images")
-        # Both views' parameters are drawn before either is applied (apply draws nothing).
+        # Every view's parameters are drawn before any is applied (apply draws nothing).
         parameters = [view.sample_parameters(global_batch, height, width, generator, device=images.device)
-                      for view in (self.first, self.second)]
-        first, second = (p.rows(first_row, first_row + batch).to(images.device) for p in parameters)
-        return self.first.apply(images, first), self.second.apply(images, second)
+                      for view in self.augments]
+        rows = [p.rows(first_row, first_row + batch).to(images.device) for p in parameters]
+        return tuple(view.apply(images, p) for view, p in zip(self.augments, rows))
 
 
 def _check_images(images: torch.Tensor) -> None:

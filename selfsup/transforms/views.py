@@ -128,12 +128,14 @@ def eval_transform(image_size: int, mean=CIFAR10_MEAN, std=CIFAR10_STD, resize: 
     ])
 
 
-class TwoViewTransform:
-    """Two independent random views of one image: ``(first(image), second(image))``."""
+class MultiViewTransform:
+    """Independent random views of one image, one per transform: ``(t1(image), t2(image), ...)``; a single
+    transform gives two views of it (a symmetric pair)."""
 
-    def __init__(self, first, second=None) -> None:
-        self.first = first
-        self.second = second if second is not None else first
+    def __init__(self, *transforms) -> None:
+        if not transforms:
+            raise ValueError("MultiViewTransform needs at least one transform")
+        self.transforms = transforms if len(transforms) > 1 else transforms * 2
 
     def __call__(self, image):
-        return self.first(image), self.second(image)
+        return tuple(transform(image) for transform in self.transforms)

@@ -1,0 +1,8 @@
+"""``python -m selfsup``: the ``selfsup`` command (:mod:`selfsup.cli`)."""
+
+import sys
+
+from selfsup.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -91,7 +91,7 @@ def _pretrain(config: PretrainConfig, device, data: ImageData, test: ImageData |
                 embeddings=test_features.numpy() if test_features is not None else None,
                 labels=test_split().labels.numpy() if test_features is not None else None,
                 embedding_dim=run.embedding_dim, class_names=data.classes,
-                title=f"{config.method} on {data.name}")
+                title=f"{config.method} on {data.name}, {backbone_name(config)}")
             log(f"report: {report}")
     dist.barrier()
     return PretrainResult(out_dir=run.out_dir, backbone=run.backbone, steps=run.steps, checkpoint=run.checkpoint,
@@ -149,3 +149,11 @@ def _final_evaluation(config: PretrainConfig, run: TrainedRun, data: ImageData, 
                              pretrained_features=features)
     log(format_table(table))
     return table, features[1]
+
+
+def backbone_name(config: PretrainConfig) -> str:
+    """The backbone in words for the report's title: ``resnet18 at width 0.125`` or ``timm:vit_tiny_patch16_224``."""
+    if ":" in config.backbone:
+        args = ", ".join(f"{key}={value}" for key, value in (config.backbone_args or {}).items())
+        return config.backbone + (f" ({args})" if args else "")
+    return config.backbone + (f" at width {config.width:g}" if config.width != 1 else "")

@@ -206,3 +206,21 @@ def test_random_init_row_rebuilds_an_external_model_with_its_librarys_initialisa
     assert fresh.state_dict().keys() == expected.state_dict().keys()
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), expected.state_dict().values()))
     assert not torch.equal(fresh.model.pos_embed, trained.model.pos_embed)
+
+
+def test_a_network_too_deep_for_the_image_size_is_one_line_naming_the_setting(tmp_path, capsys):
+    code = main(["pretrain", "--backbone", "torchvision:convnext_tiny", "--data", "digits", "--max-steps", "1",
+                 "--batch-size", "8", "--no-progress", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "setting 'image_size': torchvision:convnext_tiny cannot take 16x16 px images" in err[0]
+
+
+def test_the_report_title_names_the_backbone():
+    from conftest import pretrain_config
+
+    from selfsup.pipeline import backbone_name
+
+    assert backbone_name(pretrain_config(width=0.125)) == "resnet18 at width 0.125"
+    vit = pretrain_config(backbone="timm:vit_tiny_patch16_224", backbone_args={"img_size": 16, "patch_size": 4})
+    assert backbone_name(vit) == "timm:vit_tiny_patch16_224 (img_size=16, patch_size=4)"

@@ -181,12 +181,22 @@ class ExternalBackbone(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if not self.training:
-            return torch.flatten(self.model(images), 1)
+            return self._features(images)
         devices = [images.device] if images.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed((self.seed * 0x9E3779B97F4A7C15 + self.training_forwards) % 2**63)
             self.training_forwards += 1
+            return self._features(images)
+
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
+        try:
             return torch.flatten(self.model(images), 1)
+        except RuntimeError as error:  # a network too deep for the images: its downsampling runs out of pixels
+            if not any(text in str(error) for text in _TOO_SMALL):
+                raise
+            raise ValueError(f"setting 'image_size': {self.name} cannot take {images.shape[-2]}x{images.shape[-1]} "
+                             f"px images, its downsampling leaves fewer pixels than a kernel needs ({error}); give "
+                             "--image-size (and --crop-size) a larger side") from None
 
     def get_extra_state(self) -> torch.Tensor:
         return torch.tensor(self.training_forwards, dtype=torch.int64)
@@ -205,6 +215,10 @@ class ExternalBackbone(nn.Module):
                  if self.library == "torchvision" else
                  f"import torch, timm; model = timm.create_model({self.model_name!r}{args})")
         return f"{build}; model.load_state_dict(torch.load({str(path)!r}, weights_only=True), strict=False)"
+
+
+# What torch's convolutions and pools say when their input has become smaller than their kernel.
+_TOO_SMALL = ("Kernel size can't be greater than actual input size", "Output size is too small")
 
 
 def fixed_input_size(backbone: nn.Module) -> int | None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from selfsup.data.images import SMALL_IMAGE_SIDE
@@ -22,6 +21,7 @@ from selfsup.losses import DINOLoss, dino_teacher_temperature
 from selfsup.methods.base import Method
 from selfsup.methods.momentum import ema_update_, frozen_copy, scheduled_momentum
 from selfsup.methods.output import MethodOutput
+from selfsup.models.heads import DINOHead
 from selfsup.transforms.views import ViewConfig
 
 
@@ -101,43 +101,6 @@ def dino_views(settings: DINOSettings, crop_size: int, mean, std, blur: bool | N
     local = ViewConfig(local_size, crop_scale=settings.local_crop_scale, blur_probability=0.5 if blur else 0.0,
                        **common)
     return (first, second, *[local] * settings.local_views)
-
-
-class DINOHead(nn.Module):
-    """DINO's projection head: an MLP (GELU) to a bottleneck, l2-normalised, then a weight-normalised linear layer
-    without bias to K outputs (the paper's code, DINOHead).
-
-    The last layer is W = g v / ||v|| row by row (weight normalisation, Salimans and Kingma 2016), g starting
-    at 1 and kept there when ``norm_last_layer``. Shapes: (N, in_dim) -> ((N, K) logits, (N, bottleneck) unit
-    rows).
-    """
-
-    def __init__(self, in_dim: int, output_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256,
-                 layers: int = 3, batch_norm: bool = False, norm_last_layer: bool = True) -> None:
-        super().__init__()
-        dims = [in_dim] + [hidden_dim] * (layers - 1) + [bottleneck_dim]
-        modules: list[nn.Module] = []
-        for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
-            modules.append(nn.Linear(d_in, d_out))
-            if i < len(dims) - 2:
-                modules.extend([nn.BatchNorm1d(d_out)] if batch_norm else [])
-                modules.append(nn.GELU())
-        self.mlp = nn.Sequential(*modules)
-        for module in self.mlp:
-            if isinstance(module, nn.Linear):  # the paper's code: truncated normal, std 0.02, zero bias
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                nn.init.zeros_(module.bias)
-        self.last_direction = nn.Parameter(torch.empty(output_dim, bottleneck_dim))
-        nn.init.trunc_normal_(self.last_direction, std=0.02)
-        self.last_norm = nn.Parameter(torch.ones(output_dim, 1), requires_grad=not norm_last_layer)
-
-    def last_layer_parameters(self) -> list[nn.Parameter]:
-        return [p for p in (self.last_direction, self.last_norm) if p.requires_grad]
-
-    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        bottleneck = F.normalize(self.mlp(features), dim=1)
-        weight = self.last_norm * F.normalize(self.last_direction, dim=1)
-        return F.linear(bottleneck, weight), bottleneck
 
 
 class DINO(Method):

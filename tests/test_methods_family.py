@@ -334,3 +334,14 @@ def test_mocos_name_a_low_temperature_first_for_a_nonfinite_loss():
         causes = likely_causes(cls.from_settings(_backbone(), settings))
         assert causes.startswith("Likely causes: a temperature this low (temperature 0.01)"), cls
         assert "temperature" not in likely_causes(cls.from_settings(_backbone(), dataclasses.replace(settings, temperature=0.2))).split(",")[0]
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_a_head_size_below_one_is_refused_naming_the_setting(method):
+    from selfsup.methods.base import check_sizes
+
+    settings = METHODS[method].Settings()
+    size = next(f.name for f in dataclasses.fields(settings) if f.name.endswith("_dim"))
+    with pytest.raises(ValueError, match=f"setting '{size}' must be >= 1, got 0"):
+        dataclasses.replace(settings, **{size: 0})
+    check_sizes(settings, size)  # the defaults pass

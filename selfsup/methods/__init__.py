@@ -40,6 +40,7 @@ def method_class(name: str) -> type[Method]:
                          f"{', '.join(sorted(METHODS))}") from None
 
 
-__all__ = ["BYOL", "BYOLSettings", "DINO", "DINOSettings", "METHODS", "BarlowTwins", "BarlowTwinsSettings", "Method", "MethodOutput", "MoCoV2",
-           "MoCoV2Settings", "MoCoV3", "MoCoV3Settings", "SimCLR", "SimCLRSettings", "SimSiam", "SimSiamSettings",
-           "VICReg", "VICRegSettings", "cosine_momentum", "ema_update_", "frozen_copy", "method_class"]
+__all__ = ["BYOL", "BYOLSettings", "DINO", "DINOSettings", "METHODS", "BarlowTwins", "BarlowTwinsSettings", "Method",
+           "MethodOutput", "MoCoV2", "MoCoV2Settings", "MoCoV3", "MoCoV3Settings", "SimCLR", "SimCLRSettings",
+           "SimSiam", "SimSiamSettings", "VICReg", "VICRegSettings", "cosine_momentum", "ema_update_", "frozen_copy",
+           "method_class"]

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from selfsup.losses import BarlowTwinsLoss
-from selfsup.methods.base import Method
+from selfsup.methods.base import Method, check_sizes
 from selfsup.methods.byol import byol_views
 from selfsup.methods.output import MethodOutput
 from selfsup.models.heads import mlp
@@ -36,9 +36,7 @@ class BarlowTwinsSettings:
     gather_distributed: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("projection_hidden_dim", "projection_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"setting '{name}' must be >= 1, got {getattr(self, name)}")
+        check_sizes(self, "projection_hidden_dim", "projection_dim")
         if not self.lambda_offdiag >= 0:
             raise ValueError(f"setting 'lambda_offdiag' must be >= 0, got {self.lambda_offdiag}")
         if not self.bias_lr_multiplier > 0:

@@ -82,3 +82,10 @@ def low_temperature_suspect(temperature: float) -> list[str]:
     """The suspect a contrastive method names for a NaN loss: a softmax temperature below about 0.05, where the
     loss's gradients, which grow as 1/t, can throw the weights out of range in one step (NT-Xent, InfoNCE)."""
     return [f"a temperature this low (temperature {temperature:g})"] if temperature < 0.05 else []
+
+
+def check_sizes(settings, *names: str) -> None:
+    """ValueError naming the first of the settings ``names`` (layer sizes, counts) that is below 1."""
+    for name in names:
+        if getattr(settings, name) < 1:
+            raise ValueError(f"setting '{name}' must be >= 1, got {getattr(settings, name)}")

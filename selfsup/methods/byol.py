@@ -16,7 +16,7 @@ from torch import nn
 
 from selfsup.data.datasets import SMALL_IMAGE_SIDE
 from selfsup.losses import BYOLLoss
-from selfsup.methods.base import Method
+from selfsup.methods.base import Method, check_sizes
 from selfsup.methods.momentum import ema_update_, frozen_copy, scheduled_momentum
 from selfsup.methods.output import MethodOutput
 from selfsup.models.heads import byol_prediction_head, byol_projection_head
@@ -45,9 +45,7 @@ class BYOLSettings:
     use_predictor: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("projection_hidden_dim", "projection_dim", "prediction_hidden_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"setting '{name}' must be >= 1, got {getattr(self, name)}")
+        check_sizes(self, "projection_hidden_dim", "projection_dim", "prediction_hidden_dim")
         if not self.predictor_lr_multiplier > 0:
             raise ValueError(f"setting 'predictor_lr_multiplier' must be > 0, got {self.predictor_lr_multiplier}")
         if not 0 <= self.momentum_base <= 1:

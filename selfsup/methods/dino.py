@@ -18,7 +18,7 @@ from torch import nn
 
 from selfsup.data.images import SMALL_IMAGE_SIDE
 from selfsup.losses import DINOLoss, dino_teacher_temperature
-from selfsup.methods.base import Method
+from selfsup.methods.base import Method, check_sizes
 from selfsup.methods.momentum import ema_update_, frozen_copy, scheduled_momentum
 from selfsup.methods.output import MethodOutput
 from selfsup.models.heads import DINOHead
@@ -64,9 +64,7 @@ class DINOSettings:
     local_crop_scale: tuple[float, float] = (0.05, 0.4)
 
     def __post_init__(self) -> None:
-        for name in ("head_hidden_dim", "bottleneck_dim", "output_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"setting '{name}' must be >= 1, got {getattr(self, name)}")
+        check_sizes(self, "head_hidden_dim", "bottleneck_dim", "output_dim")
         if self.head_layers < 1:
             raise ValueError(f"setting 'head_layers' must be >= 1, got {self.head_layers}")
         for name in ("student_temperature", "warmup_teacher_temperature", "teacher_temperature"):

@@ -31,7 +31,7 @@ from torch import nn
 from selfsup import dist
 from selfsup.data.datasets import SMALL_IMAGE_SIDE
 from selfsup.losses import InfoNCELoss
-from selfsup.methods.base import Method, low_temperature_suspect
+from selfsup.methods.base import Method, check_sizes, low_temperature_suspect
 from selfsup.methods.momentum import ema_update_, frozen_copy, scheduled_momentum
 from selfsup.methods.output import MethodOutput
 from selfsup.models.heads import mlp
@@ -58,9 +58,7 @@ class MoCoV2Settings:
     momentum_schedule: Literal["cosine", "constant"] = "constant"
 
     def __post_init__(self) -> None:
-        for name in ("projection_hidden_dim", "projection_dim", "queue_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"setting '{name}' must be >= 1, got {getattr(self, name)}")
+        check_sizes(self, "projection_hidden_dim", "projection_dim", "queue_size")
         if not self.temperature > 0:
             raise ValueError(f"setting 'temperature' must be > 0, got {self.temperature}")
         if not 0 <= self.momentum_base <= 1:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from selfsup.losses import InfoNCELoss
-from selfsup.methods.base import Method, low_temperature_suspect
+from selfsup.methods.base import Method, check_sizes, low_temperature_suspect
 from selfsup.methods.byol import byol_views
 from selfsup.methods.momentum import ema_update_, frozen_copy, scheduled_momentum
 from selfsup.methods.output import MethodOutput
@@ -49,9 +49,7 @@ class MoCoV3Settings:
     gather_distributed: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("projection_hidden_dim", "projection_dim", "projection_layers", "prediction_hidden_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"setting '{name}' must be >= 1, got {getattr(self, name)}")
+        check_sizes(self, "projection_hidden_dim", "projection_dim", "projection_layers", "prediction_hidden_dim")
         if not self.temperature > 0:
             raise ValueError(f"setting 'temperature' must be > 0, got {self.temperature}")
         if not 0 <= self.momentum_base <= 1:

@@ -14,7 +14,7 @@ from torch import nn
 
 from selfsup.data.datasets import SMALL_IMAGE_SIDE
 from selfsup.losses import NTXentLoss
-from selfsup.methods.base import Method, low_temperature_suspect
+from selfsup.methods.base import Method, check_sizes, low_temperature_suspect
 from selfsup.methods.output import MethodOutput
 from selfsup.models.heads import simclr_projection_head
 from selfsup.transforms.views import CIFAR10_MEAN, CIFAR10_STD, ViewConfig
@@ -36,9 +36,7 @@ class SimCLRSettings:
     color_strength: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("projection_hidden_dim", "projection_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"setting '{name}' must be >= 1, got {getattr(self, name)}")
+        check_sizes(self, "projection_hidden_dim", "projection_dim")
         for name in ("temperature", "color_strength"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"setting '{name}' must be > 0, got {getattr(self, name)}")

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from selfsup.losses import NegativeCosineLoss
-from selfsup.methods.base import Method
+from selfsup.methods.base import Method, check_sizes
 from selfsup.methods.moco_v2 import moco_v2_view
 from selfsup.methods.output import MethodOutput
 from selfsup.models.heads import mlp
@@ -36,9 +36,7 @@ class SimSiamSettings:
     fixed_predictor_lr: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("projection_hidden_dim", "projection_dim", "prediction_hidden_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"setting '{name}' must be >= 1, got {getattr(self, name)}")
+        check_sizes(self, "projection_hidden_dim", "projection_dim", "prediction_hidden_dim")
         if self.projection_layers < 1:
             raise ValueError(f"setting 'projection_layers' must be >= 1, got {self.projection_layers}")
 

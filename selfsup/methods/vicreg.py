@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from selfsup.losses import VICRegLoss
-from selfsup.methods.base import Method
+from selfsup.methods.base import Method, check_sizes
 from selfsup.methods.byol import byol_views
 from selfsup.methods.output import MethodOutput
 from selfsup.models.heads import mlp
@@ -39,9 +39,7 @@ class VICRegSettings:
     gather_distributed: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("projection_hidden_dim", "projection_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"setting '{name}' must be >= 1, got {getattr(self, name)}")
+        check_sizes(self, "projection_hidden_dim", "projection_dim")
         for name in ("invariance_weight", "variance_weight", "covariance_weight"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"setting '{name}' must be >= 0, got {getattr(self, name)}")

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as torch_dist
+from torch import nn
 
 from selfsup import dist
 from selfsup.losses import (
@@ -159,6 +160,16 @@ def test_infonce_matches_naive_loop(n: int, dim: int, queue_size: int | None, te
     assert loss.item() == pytest.approx(naive_infonce(q, k, queue, temperature), rel=1e-10, abs=1e-12)
 
 
+def test_infonce_normalized_queue_skips_only_the_normalisation() -> None:
+    generator = torch.Generator().manual_seed(4)
+    q, k = _randn(generator, 5, 8), _randn(generator, 5, 8)
+    unit_queue = torch.nn.functional.normalize(_randn(generator, 9, 8), dim=1)
+    loss = InfoNCELoss(0.2)(q, k, unit_queue, queue_normalized=True)
+    assert loss.item() == pytest.approx(naive_infonce(q, k, unit_queue, 0.2), rel=1e-10)
+    # The flag is a promise: a queue of longer rows is then taken as it is.
+    assert InfoNCELoss(0.2)(q, k, 3 * unit_queue, queue_normalized=True).item() != pytest.approx(loss.item())
+
+
 def test_infonce_single_query_without_queue_is_zero() -> None:
     assert InfoNCELoss()(torch.randn(1, 4), torch.randn(1, 4)).item() == pytest.approx(0.0, abs=1e-6)
 
@@ -261,7 +272,8 @@ def test_negative_cosine_rejects_bad_shapes(p_shape, z_shape) -> None:
 # ---------------------------------------------------------------- Barlow Twins
 
 
-@pytest.mark.parametrize(("n", "dim"), [(2, 1), (3, 4), (8, 3), (16, 12)])
+# (3, 16) and (4, 40) have 2N < D: the sum of squares comes from the N x N Gram matrices.
+@pytest.mark.parametrize(("n", "dim"), [(2, 1), (3, 4), (8, 3), (16, 12), (3, 16), (4, 40)])
 @pytest.mark.parametrize("lambda_offdiag", [0.0, 5e-3, 0.5])
 def test_barlow_twins_matches_naive_loop(n: int, dim: int, lambda_offdiag: float) -> None:
     generator = torch.Generator().manual_seed(10 * n + dim)
@@ -286,10 +298,26 @@ def test_barlow_twins_identical_decorrelated_views_give_almost_zero() -> None:
     assert BarlowTwinsLoss(0.0)(z, z).item() == pytest.approx(0.0, abs=1e-6)
 
 
-def test_barlow_twins_gradcheck_float64() -> None:
+@pytest.mark.parametrize(("n", "dim"), [(5, 3), (3, 16)])
+def test_barlow_twins_gradcheck_float64_both_forms(n: int, dim: int) -> None:
     generator = torch.Generator().manual_seed(6)
-    z1, z2 = _randn(generator, 5, 3).requires_grad_(), _randn(generator, 5, 3).requires_grad_()
+    z1, z2 = _randn(generator, n, dim).requires_grad_(), _randn(generator, n, dim).requires_grad_()
     assert torch.autograd.gradcheck(BarlowTwinsLoss(0.1), (z1, z2))
+
+
+@pytest.mark.parametrize("loss", [BarlowTwinsLoss(), VICRegLoss()], ids=["barlow_twins", "vicreg"])
+def test_gram_form_is_accurate_in_float32_at_paper_width(loss: nn.Module) -> None:
+    # 64 rows of 2048 (2N < D): the float32 loss and gradient against the same loss in float64.
+    z1, z2 = torch.randn(64, 2048), torch.randn(64, 2048)
+    z2 = 0.6 * z1 + 0.8 * z2  # correlated views, as training produces
+    leaves = [z.clone().requires_grad_() for z in (z1, z2)]
+    loss(*leaves).backward()
+    leaves64 = [z.double().requires_grad_() for z in (z1, z2)]
+    reference = loss(*leaves64)
+    reference.backward()
+    assert loss(z1, z2).item() == pytest.approx(reference.item(), rel=1e-5)
+    for leaf, leaf64 in zip(leaves, leaves64, strict=True):
+        assert torch.allclose(leaf.grad.double(), leaf64.grad, rtol=1e-3, atol=1e-4 * float(leaf64.grad.abs().max()))
 
 
 def test_barlow_twins_in_float32_under_autocast() -> None:
@@ -320,7 +348,8 @@ def test_barlow_twins_rejects_bad_hyper_parameters(keyword: str, value: float) -
 # ---------------------------------------------------------------- VICReg
 
 
-@pytest.mark.parametrize(("n", "dim"), [(2, 1), (3, 4), (8, 3), (16, 12)])
+# (3, 16) and (4, 40) have N < D: the covariance's sum of squares comes from the N x N Gram matrix.
+@pytest.mark.parametrize(("n", "dim"), [(2, 1), (3, 4), (8, 3), (16, 12), (3, 16), (4, 40)])
 @pytest.mark.parametrize("weights", [(25.0, 25.0, 1.0), (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0),
                                      (2.0, 3.0, 5.0)])
 def test_vicreg_matches_naive_loop(n: int, dim: int, weights: tuple[float, float, float]) -> None:
@@ -333,10 +362,11 @@ def test_vicreg_matches_naive_loop(n: int, dim: int, weights: tuple[float, float
     assert loss.item() == pytest.approx(naive_vicreg(z1, z2, *weights), rel=1e-10, abs=1e-12)
 
 
-def test_vicreg_gradcheck_float64() -> None:
+@pytest.mark.parametrize(("n", "dim"), [(6, 4), (3, 7)])
+def test_vicreg_gradcheck_float64(n: int, dim: int) -> None:
     generator = torch.Generator().manual_seed(8)
-    z1 = (_randn(generator, 6, 4) * 0.5).requires_grad_()  # std < 1: the variance hinge is active
-    z2 = (_randn(generator, 6, 4) * 0.5).requires_grad_()
+    z1 = (_randn(generator, n, dim) * 0.5).requires_grad_()  # std < 1: the variance hinge is active
+    z2 = (_randn(generator, n, dim) * 0.5).requires_grad_()
     assert torch.autograd.gradcheck(VICRegLoss(2.0, 3.0, 5.0), (z1, z2))
 
 
@@ -423,6 +453,24 @@ def test_dino_center_follows_its_rule_over_two_calls_and_is_in_the_state_dict() 
     before = criterion.center.clone()
     criterion(*_dino_views(generator, 3, 5, 4, 2))
     assert torch.equal(criterion.center, before)
+
+
+@pytest.mark.parametrize("split", [(2, 3), (1, 1, 3), (5,)])
+def test_dino_blocks_of_views_equal_the_views_listed_one_by_one(split: tuple[int, ...]) -> None:
+    generator = torch.Generator().manual_seed(11)
+    stacked = _randn(generator, 5, 3, 7).requires_grad_()  # 5 student views of 3 rows
+    teacher_views = [_randn(generator, 3, 7) for _ in range(2)]
+    criterion = DINOLoss(7, teacher_temperature=0.2, student_temperature=0.3).double().eval()
+    expected = naive_dino(list(stacked.detach()), teacher_views, [0.0] * 7, 0.2, 0.3)
+    blocks = list(stacked.split(list(split)))
+    loss = criterion(blocks, [torch.stack(teacher_views)])
+    assert loss.item() == pytest.approx(expected, rel=1e-10)
+    (gradient,) = torch.autograd.grad(loss, stacked)
+    one_by_one = criterion(list(stacked.unbind()), teacher_views)
+    (reference,) = torch.autograd.grad(one_by_one, stacked)
+    torch.testing.assert_close(gradient, reference, rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="blocks"):
+        criterion([stacked[:2], stacked[2:, :2]], teacher_views)  # blocks of different N
 
 
 def test_dino_gradient_reaches_students_only() -> None:
@@ -512,12 +560,12 @@ def _rank_rows(tensor: torch.Tensor, rank: int, world: int) -> torch.Tensor:
     return tensor[rank * local : (rank + 1) * local]
 
 
-def _pair_case(rank: int, world: int, make_loss, momentum_keys: bool = False) -> dict:
+def _pair_case(rank: int, world: int, make_loss, momentum_keys: bool = False, output_dim: int = FEATURE_DIM) -> dict:
     """A two-view loss of (x1 W, x2 W) on this rank's rows, float64, with DDP-style averaged gradients."""
     generator = torch.Generator().manual_seed(0)
     x1, x2 = _randn(generator, 2, GLOBAL_BATCH, FEATURE_DIM)
     x1, x2 = x1 * torch.linspace(0.2, 1.5, FEATURE_DIM, dtype=torch.float64), x2 + 0.3 * x1
-    weight = _randn(generator, FEATURE_DIM, FEATURE_DIM).requires_grad_()
+    weight = _randn(generator, FEATURE_DIM, output_dim).requires_grad_()
     x1, x2 = _rank_rows(x1, rank, world), _rank_rows(x2, rank, world)
     z2 = x2 @ weight
     if momentum_keys:  # keys from a momentum encoder: no gradient
@@ -552,7 +600,11 @@ def _distributed_cases(rank: int, world: int) -> dict:
         "infonce_local": _pair_case(rank, world, lambda: InfoNCELoss(0.5, gather_distributed=False)),
         "barlow_twins": _pair_case(rank, world, lambda: BarlowTwinsLoss(0.1)),
         "barlow_twins_local": _pair_case(rank, world, lambda: BarlowTwinsLoss(0.1, gather_distributed=False)),
+        # Outputs wider than twice the global batch: Barlow Twins takes the Gram form in one process, the
+        # D x D one in two; VICReg the Gram form of the gathered batch in both.
+        "barlow_twins_wide": _pair_case(rank, world, lambda: BarlowTwinsLoss(0.1), output_dim=3 * GLOBAL_BATCH),
         "vicreg": _pair_case(rank, world, VICRegLoss),
+        "vicreg_wide": _pair_case(rank, world, VICRegLoss, output_dim=3 * GLOBAL_BATCH),
         "vicreg_local": _pair_case(rank, world, lambda: VICRegLoss(gather_distributed=False)),
         "dino": _dino_case(rank, world),
     }
@@ -576,7 +628,8 @@ def two_processes(tmp_path_factory) -> list[dict]:
     return [torch.load(tmp / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
-@pytest.mark.parametrize("case", ["infonce", "infonce_momentum_keys", "barlow_twins", "vicreg", "dino"])
+@pytest.mark.parametrize("case", ["infonce", "infonce_momentum_keys", "barlow_twins", "barlow_twins_wide", "vicreg",
+                                  "vicreg_wide", "dino"])
 def test_two_processes_equal_one_process_on_the_global_batch(two_processes, case: str) -> None:
     single = _distributed_cases(0, 1)[case]  # no process group here: one process, the whole batch
     for rank, results in enumerate(two_processes):

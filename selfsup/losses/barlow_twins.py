@@ -31,6 +31,12 @@ class BarlowTwinsLoss(nn.Module):
     single-process gradient on the global batch. (The paper's code all-reduces :math:`\mathcal{C}` without
     gradient, which divides the gradient by the world size.) Ranks may hold different N.
 
+    Cost: the off-diagonal sum is the sum of all squared entries less the diagonal's. In one process with
+    2N < D (the paper's 8192-wide projector and batches of a few hundred per device) the sum of all squared
+    entries comes from the two N x N Gram matrices, :math:`\|A^\top B\|_F^2 = \langle A A^\top, B B^\top
+    \rangle`, in O(N^2 D) instead of forming the D x D matrix in O(N D^2). Across processes the D x D matrix is
+    kept: its work splits over ranks by the all-reduce, where each rank would compute the global Gram whole.
+
     Shapes: ``z1`` and ``z2`` (N, D), row n of each a view of image n -> scalar. Computed in float32 (float64
     for float64 input), also under bf16/fp16 autocast.
 
@@ -69,10 +75,17 @@ class BarlowTwinsLoss(nn.Module):
             centered = views - (sums[:-1] / count).view(2, 1, d)
             variance = reduce(centered.square().sum(dim=1)) / count  # (2, D), biased
             standardised = centered * torch.rsqrt(variance + self.eps).unsqueeze(1)
-            correlation = reduce(standardised[0].T @ standardised[1]) / count  # (D, D)
-            diagonal = torch.diagonal(correlation)
-            off_diagonal = correlation.masked_fill(torch.eye(d, dtype=torch.bool, device=z1.device), 0.0)
-            return (1 - diagonal).square().sum() + self.lambda_offdiag * off_diagonal.square().sum()
+            first, second = standardised[0], standardised[1]
+            if distributed or 2 * n >= d:
+                correlation = reduce(first.T @ second) / count  # (D, D)
+                diagonal = torch.diagonal(correlation)
+                squared_sum = correlation.square().sum()
+            else:
+                # sum_ij C_ij^2 = ||A^T B||^2 / N^2 = <A A^T, B B^T> / N^2: two N x N products, not a D x D one.
+                diagonal = (first * second).sum(dim=0) / n
+                squared_sum = ((first @ first.T) * (second @ second.T)).sum() / n**2
+            off_diagonal_squared_sum = squared_sum - diagonal.square().sum()
+            return (1 - diagonal).square().sum() + self.lambda_offdiag * off_diagonal_squared_sum
 
 
 def _identity(tensor: torch.Tensor) -> torch.Tensor:

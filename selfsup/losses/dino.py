@@ -60,8 +60,9 @@ class DINOLoss(nn.Module):
     center, so DDP's gradient mean equals the single-process gradient on the global batch.
 
     Shapes: ``student_outputs`` a list of V tensors (N, K), ``teacher_outputs`` a list of G <= V tensors (N, K)
-    -> scalar. Computed in float32 (float64 for float64 input, with the center cast to it), also under bf16/fp16
-    autocast.
+    -> scalar; any entry may instead be a (v, N, K) block of v consecutive views (the method passes the views
+    that went through the network together as one block, ``logits.view(v, N, K)``, which saves copying them).
+    Computed in float32 (float64 for float64 input, with the center cast to it), also under bf16/fp16 autocast.
 
     Raises:
         ValueError: on ``out_dim`` < 1, non-positive temperatures, a momentum outside [0, 1], views that are not
@@ -88,15 +89,14 @@ class DINOLoss(nn.Module):
 
     def forward(self, student_outputs: Sequence[torch.Tensor], teacher_outputs: Sequence[torch.Tensor],
                 teacher_temperature: float | None = None) -> torch.Tensor:
-        self._check_views("student_outputs", student_outputs)
-        self._check_views("teacher_outputs", teacher_outputs)
-        if student_outputs[0].shape[0] != teacher_outputs[0].shape[0]:
-            raise ValueError(f"DINOLoss: student and teacher views must have the same N, got "
-                             f"{student_outputs[0].shape[0]} and {teacher_outputs[0].shape[0]}")
-        if len(teacher_outputs) > len(student_outputs):
-            raise ValueError(f"DINOLoss: {len(teacher_outputs)} teacher views but only {len(student_outputs)} "
-                             f"student views (the teacher's views are the student's first views)")
-        if len(student_outputs) == 1:
+        student_views, n = self._check_views("student_outputs", student_outputs)
+        teacher_views, teacher_n = self._check_views("teacher_outputs", teacher_outputs)
+        if n != teacher_n:
+            raise ValueError(f"DINOLoss: student and teacher views must have the same N, got {n} and {teacher_n}")
+        if teacher_views > student_views:
+            raise ValueError(f"DINOLoss: {teacher_views} teacher views but only {student_views} student views (the "
+                             f"teacher's views are the student's first views)")
+        if student_views == 1:
             raise ValueError("DINOLoss: one view each gives no pair of different views")
         if teacher_temperature is None:
             teacher_temperature = self.teacher_temperature
@@ -104,18 +104,29 @@ class DINOLoss(nn.Module):
 
         compute_dtype = torch.promote_types(student_outputs[0].dtype, torch.float32)
         device_type = student_outputs[0].device.type
+        students, teachers = _blocks(student_outputs), _blocks(teacher_outputs)
+        n, k = students[0].shape[1:]
         with torch.autocast(device_type=device_type, enabled=False):
             center = self.center.to(compute_dtype)
-            teacher_probabilities = [F.softmax((t.detach().to(compute_dtype) - center) / teacher_temperature, dim=1)
-                                     for t in teacher_outputs]
-            student_log_probabilities = [F.log_softmax(s.to(compute_dtype) / self.student_temperature, dim=1)
-                                         for s in student_outputs]
-            # The sum over pairs of different views, as all pairs minus the G same-crop pairs: (sum_a P_a) .
-            # (sum_b log P_b) - sum_a P_a . log P_a, three products of (N, K) instead of G (V - 1).
-            all_pairs = (torch.stack(teacher_probabilities).sum(0) * torch.stack(student_log_probabilities).sum(0))
-            same_crop = sum(p * s for p, s in zip(teacher_probabilities, student_log_probabilities))
-            pairs = len(teacher_probabilities) * (len(student_log_probabilities) - 1)
-            loss = -(all_pairs - same_crop).sum(dim=1).mean() / pairs
+            teacher_probabilities = [  # (N K,) each: one per teacher view
+                row for block in teachers
+                for row in F.softmax((block.detach().to(compute_dtype) - center) / teacher_temperature, dim=2)
+                .reshape(block.shape[0], n * k)]
+            teacher_sum = torch.stack(teacher_probabilities).sum(dim=0)  # (N K,): sum_a P_a
+            # sum over pairs of different views = sum_b (sum_a P_a) . log P_b - sum_{a < G} P_a . log P_a: per
+            # block of student views a matrix-vector product with sum_a P_a (no (V, N, K) temporary) and, for
+            # the views that are teacher views too, their own dot product.
+            all_pairs, same_crop, view = 0.0, 0.0, 0
+            for block in students:
+                views = block.shape[0]
+                log_probabilities = F.log_softmax(block.to(compute_dtype) / self.student_temperature, dim=2)
+                log_probabilities = log_probabilities.reshape(views, n * k)
+                all_pairs = all_pairs + (log_probabilities @ teacher_sum).sum()
+                for offset in range(min(views, len(teacher_probabilities) - view)):
+                    same_crop = same_crop + log_probabilities[offset] @ teacher_probabilities[view + offset]
+                view += views
+            pairs = len(teacher_probabilities) * (view - 1)
+            loss = -(all_pairs - same_crop) / (n * pairs)
         if self.training:
             self.update_center(teacher_outputs)
         return loss
@@ -124,25 +135,35 @@ class DINOLoss(nn.Module):
     def update_center(self, teacher_outputs: Sequence[torch.Tensor]) -> None:
         """``center <- m center + (1 - m) mean(teacher rows of the global batch)`` (eq. 4), in place."""
         self._check_views("teacher_outputs", teacher_outputs)
-        compute_dtype = torch.promote_types(torch.promote_types(teacher_outputs[0].dtype, self.center.dtype),
+        teachers = _blocks(teacher_outputs)
+        compute_dtype = torch.promote_types(torch.promote_types(teachers[0].dtype, self.center.dtype),
                                             torch.float32)
         with torch.autocast(device_type=self.center.device.type, enabled=False):
-            rows = torch.cat([t.detach().to(compute_dtype) for t in teacher_outputs])  # (G N, K)
-            sums = torch.cat([rows.sum(dim=0), rows.new_full((1,), rows.shape[0])])
+            column_sums = sum(block.detach().to(compute_dtype).sum(dim=(0, 1)) for block in teachers)  # (K,)
+            rows = sum(block.shape[0] * block.shape[1] for block in teachers)
+            sums = torch.cat([column_sums, column_sums.new_full((1,), rows)])
             sums = dist.all_reduce_sum_with_grad(sums)  # under no_grad: a plain all-reduce of sums and counts
             batch_center = (sums[:-1] / sums[-1]).view(1, -1)
             self.center.mul_(self.center_momentum).add_((1 - self.center_momentum) * batch_center.to(self.center))
 
-    def _check_views(self, name: str, views: Sequence[torch.Tensor]) -> None:
+    def _check_views(self, name: str, views: Sequence[torch.Tensor]) -> tuple[int, int]:
+        """The number of views in ``views`` and their N; a ValueError naming ``name`` if they are not a list of
+        (N, K) views or (v, N, K) blocks of v views of one N."""
         if isinstance(views, torch.Tensor) or len(views) < 1:
             raise ValueError(f"DINOLoss: {name} must be a non-empty list of (N, {self.out_dim}) tensors")
-        first = views[0]
-        for view in views:
-            if view.ndim != 2 or view.shape[1] != self.out_dim or view.shape[0] != first.shape[0]:
-                raise ValueError(f"DINOLoss: {name} must hold (N, {self.out_dim}) tensors of one N, got shapes "
-                                 f"{[tuple(v.shape) for v in views]}")
-        if first.shape[0] < 1:
+        blocks = [view.unsqueeze(0) if view.ndim == 2 else view for view in views]
+        n = blocks[0].shape[1] if blocks[0].ndim == 3 else -1
+        if any(block.ndim != 3 or block.shape[2] != self.out_dim or block.shape[1] != n for block in blocks):
+            raise ValueError(f"DINOLoss: {name} must hold (N, {self.out_dim}) tensors of one N (or (v, N, "
+                             f"{self.out_dim}) blocks of v views), got shapes {[tuple(v.shape) for v in views]}")
+        if n < 1:
             raise ValueError(f"DINOLoss: the batch is empty (N = 0) in {name}")
+        return sum(block.shape[0] for block in blocks), n
+
+
+def _blocks(views: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The views as (v, N, K) blocks: an (N, K) view is a block of one (no copy either way)."""
+    return [view.unsqueeze(0) if view.ndim == 2 else view for view in views]
 
 
 def _check_temperature(name: str, value: float) -> None:

@@ -27,7 +27,8 @@ class InfoNCELoss(nn.Module):
 
     * ``queue`` given (MoCo v1/v2): the K rows of the queue, the same for every query. The queue carries no
       gradient (it is detached here). Nothing is gathered across processes: the method keeps one queue,
-      identical on every rank.
+      identical on every rank. ``queue_normalized=True`` says its rows are unit vectors already (MoCo v2
+      enqueues normalised keys), which skips normalising all K rows at every step.
     * ``queue=None`` (MoCo v3): the keys of the other queries, ``logits = q @ k.T / t`` with label i, from all
       ranks when ``gather_distributed=True`` and world size > 1: this rank's N queries are scored against the
       NW keys of the global batch, and query i of rank r has its positive at column r N + i.
@@ -58,7 +59,8 @@ class InfoNCELoss(nn.Module):
         self.temperature = float(temperature)
         self.gather_distributed = gather_distributed
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor | None = None,
+                queue_normalized: bool = False) -> torch.Tensor:
         check_pair("InfoNCELoss", q, k, names=("q", "k"))
         n = q.shape[0]
         if queue is not None and (queue.ndim != 2 or queue.shape[1] != q.shape[1] or queue.shape[0] < 1):
@@ -68,12 +70,15 @@ class InfoNCELoss(nn.Module):
         # At least float32 whatever autocast chose (exp(1 / 0.2) and its sums); float64 stays float64.
         compute_dtype = torch.promote_types(q.dtype, torch.float32)
         with torch.autocast(device_type=q.device.type, enabled=False):
-            q = F.normalize(q.to(compute_dtype), dim=1)
+            # 1/t on the N query rows rather than on the N x K logits: one pass over (N, D), not (N, K).
+            q = F.normalize(q.to(compute_dtype), dim=1) / self.temperature
             k = F.normalize(k.to(compute_dtype), dim=1)
             if queue is not None:
-                negatives = F.normalize(queue.detach().to(compute_dtype), dim=1)
+                negatives = queue.detach().to(compute_dtype)
+                if not queue_normalized:
+                    negatives = F.normalize(negatives, dim=1)
                 positive = (q * k).sum(dim=1, keepdim=True)  # (N, 1)
-                logits = torch.cat([positive, q @ negatives.T], dim=1) / self.temperature  # (N, 1 + K)
+                logits = torch.cat([positive, q @ negatives.T], dim=1)  # (N, 1 + K)
                 labels = torch.zeros(n, dtype=torch.long, device=q.device)
                 return F.cross_entropy(logits, labels)
 
@@ -82,6 +87,6 @@ class InfoNCELoss(nn.Module):
                 # Momentum keys need no gradient (MoCo v3); keys that require one get it back on their rank.
                 k = dist.gather_with_grad(k) if k.requires_grad else dist.gather_no_grad(k)
                 offset = dist.rank() * n
-            logits = q @ k.T / self.temperature  # (N, NW)
+            logits = q @ k.T  # (N, NW)
             labels = torch.arange(offset, offset + n, device=q.device)
             return F.cross_entropy(logits, labels)

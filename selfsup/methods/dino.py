@@ -109,6 +109,7 @@ class DINO(Method):
     # 0.04 (the ViT recipe; its cosine rise of weight decay to 0.4 is not done here: decay stays at 0.04); LARS:
     # BYOL's values, untuned for DINO.
     optimizer_defaults = {"sgd": (0.03, 1e-4), "adamw": (5e-4, 0.04), "lars": (0.2, 1.5e-6)}
+    paper_optimizer = "sgd"
 
     def __init__(self, backbone: nn.Module, settings: DINOSettings = DINOSettings(),
                  feature_dim: int | None = None) -> None:
@@ -153,13 +154,13 @@ class DINO(Method):
         # statistics over the two global views, and over all local views.
         global_features = self.backbone(torch.cat(views[:2]))
         student_logits, bottleneck = self.head(global_features)
-        student = list(student_logits.chunk(2))
+        student = [student_logits.view(2, batch, -1)]  # (views, N, K) blocks, as DINOLoss takes them
         if len(views) > 2:
             local_logits, _ = self.head(self.backbone(torch.cat(views[2:])))
-            student += list(local_logits.chunk(len(views) - 2))
+            student.append(local_logits.view(len(views) - 2, batch, -1))
         with torch.no_grad():
             teacher_logits, _ = self.teacher_head(self.teacher_backbone(torch.cat(views[:2])))
-        loss = self.criterion(student, list(teacher_logits.chunk(2)), self.teacher_temperature_at(self.epoch))
+        loss = self.criterion(student, [teacher_logits.view(2, batch, -1)], self.teacher_temperature_at(self.epoch))
         return MethodOutput(loss=loss, features=global_features[:batch].detach(),
                             embeddings=(bottleneck[:batch].detach(), bottleneck[batch:].detach()))
 

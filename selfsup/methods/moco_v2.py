@@ -89,6 +89,7 @@ class MoCoV2(Method):
     # cosine schedule). The papers use SGD only: LARS and AdamW here are SimCLR's LARS values and this project's
     # AdamW default, untuned for MoCo.
     optimizer_defaults = {"sgd": (0.03, 1e-4), "lars": (0.3, 1e-6), "adamw": (1e-3, 1e-6)}
+    paper_optimizer = "sgd"
 
     def __init__(self, backbone: nn.Module, feature_dim: int | None = None, projection_hidden_dim: int = 2048,
                  projection_dim: int = 128, queue_size: int = 65536, temperature: float = 0.2,
@@ -130,7 +131,7 @@ class MoCoV2(Method):
         queries = self.projector(features)
         with torch.no_grad():  # keys carry no gradient
             keys = self.key_projector(self.key_backbone(view2))
-        loss = self.criterion(queries, keys, queue=self.queue)
+        loss = self.criterion(queries, keys, queue=self.queue, queue_normalized=True)
         if self.training:  # once per step, after the loss has used the queue as it was
             self._enqueue(keys)
         return MethodOutput(loss=loss, features=features.detach(), embeddings=(queries.detach(), keys.detach()))
@@ -142,7 +143,8 @@ class MoCoV2(Method):
         size = self.queue.shape[0]
         keys = keys[-size:]  # a batch larger than the queue leaves its last K keys
         positions = (self.queue_pointer + torch.arange(keys.shape[0], device=keys.device)) % size
-        self.queue.index_copy_(0, positions, keys)
+        # Out of place: the loss's backward still needs the queue it scored against.
+        self.queue = self.queue.index_copy(0, positions, keys)
         self.queue_pointer.copy_((self.queue_pointer + keys.shape[0]) % size)
 
     def nonfinite_causes(self) -> list[str]:

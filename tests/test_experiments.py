@@ -135,3 +135,13 @@ def test_byol_ablation_end_to_end(tmp_path, capsys):
 def test_unknown_variant_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit):
         main(["experiment", "byol-ablation", "--variants", "no-such-thing", "--out", str(tmp_path)])
+
+
+def test_an_experiment_takes_a_library_backbone_with_its_arguments(tmp_path):
+    pytest.importorskip("timm")
+    out = tmp_path / "vit"
+    tiny = [arg for arg in TINY if arg not in ("--width", "0.125")]
+    assert main(["experiment", "temperature", *tiny, "--temperatures", "0.5", "--backbone", "timm:vit_tiny_patch16_224",
+                 "--backbone-args", "img_size=8,patch_size=4,depth=1", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert len(results["runs"]) == 1 and 0 <= results["runs"][0]["final_knn_top1"] <= 100

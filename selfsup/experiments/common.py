@@ -44,7 +44,8 @@ Log = Callable[[str], None]
 
 # The pretraining settings an experiment takes from its flags; the others keep their defaults (an experiment
 # writes no checkpoints, runs one process and evaluates by kNN per epoch).
-PRETRAIN_FLAGS = ("data", "test_data", "out", "epochs", "batch_size", "backbone", "width", "image_size",
+PRETRAIN_FLAGS = ("data", "test_data", "out", "epochs", "batch_size", "backbone", "backbone_args", "backbone_weights",
+                  "width", "image_size",
                   "crop_size", "crop_min_scale", "blur", "optimizer", "base_lr", "weight_decay", "warmup_epochs",
                   "lars_trust_coefficient", "lars_clip", "precision", "grad_clip", "knn_k", "knn_temperature",
                   "log_every", "device", "num_workers", "seed")
@@ -57,10 +58,11 @@ def cifar10_split(split: str) -> str:
 
 def experiment_pretrain_config(method: str, out: str, **method_args) -> PretrainConfig:
     """An experiment's default pretraining settings: CIFAR-10, 10 epochs, a tenth of them warming up (SimCLR
-    and BYOL warm up for 10 of their 100-1000 epochs), the method's paper values otherwise."""
+    and BYOL warm up for 10 of their 100-1000 epochs), the method's paper values otherwise (LARS: the
+    experiments ask how the papers' recipes behave)."""
     return PretrainConfig(method=method, method_args=method_args, data=cifar10_split("train"), out=out, epochs=10,
-                          warmup_epochs=1.0, log_every=5, online_probe=False, eval_at_end=False, report=False,
-                          progress=False)
+                          optimizer="lars", warmup_epochs=1.0, log_every=5, online_probe=False, eval_at_end=False,
+                          report=False, progress=False)
 
 
 @dataclass(frozen=True)
@@ -224,7 +226,7 @@ def train_variant(name: str, config: PretrainConfig, settings: ExperimentSetting
     total_steps = config.epochs * len(batches)
     warmup_steps = capped_warmup_steps(config.warmup_epochs, len(batches), total_steps)
     hyper = resolve(config)
-    optimizer = build_optimizer(config.optimizer, method.learnable_parameters(),
+    optimizer = build_optimizer(hyper.optimizer, method.learnable_parameters(),
                                 scaled_learning_rate(hyper.base_lr, config.batch_size), hyper.weight_decay,
                                 lars_trust_coefficient=config.lars_trust_coefficient, lars_clip=config.lars_clip)
     training_step = TrainingStep(method, optimizer, build_scheduler(optimizer, total_steps, warmup_steps),

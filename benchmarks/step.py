@@ -135,14 +135,20 @@ def overhead_parts(method: str, model: nn.Module, optimizer: torch.optim.Optimiz
         dim = model(*(view[:2] for view in views)).embeddings[0].shape[1]
     z1, z2 = (torch.randn(batch, dim, requires_grad=True) for _ in range(2))
     queue = getattr(model, "queue", None)  # MoCo v2's negatives
-    if method == "dino":  # the loss takes every view's logits (K wide), the teacher's of the global views
-        logits = [torch.randn(batch, model.settings.output_dim, requires_grad=True) for _ in views]
+    if method == "dino":  # as the method calls it: the student's logits (K wide) in blocks of the views that went
+        # through the network together (2 global, the local ones), the teacher's of the global views
+        width = model.settings.output_dim
+        student = [torch.randn(2, batch, width, requires_grad=True),
+                   torch.randn(len(views) - 2, batch, width, requires_grad=True)]
+        teacher = [torch.randn(2, batch, width)]
 
     def loss() -> None:
         if method == "dino":
-            model.criterion(logits, logits[:2]).backward()
+            model.criterion(student, teacher).backward()
+        elif queue is not None:  # the queue holds unit keys (MoCo v2 enqueues them normalised)
+            model.criterion(z1, z2, queue=queue, queue_normalized=True).backward()
         else:
-            (model.criterion(z1, z2) if queue is None else model.criterion(z1, z2, queue=queue)).backward()
+            model.criterion(z1, z2).backward()
 
     def optimizer_step() -> None:
         for parameter in model.parameters():

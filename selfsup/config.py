@@ -83,16 +83,18 @@ class PretrainConfig:
     max_steps: int | None = None
     # Global batch, split evenly over the processes; the learning rate follows it (base_lr x batch / 256).
     batch_size: int = 256
-    # lars (both papers), sgd (momentum 0.9) or adamw.
-    optimizer: Literal["lars", "sgd", "adamw"] = "lars"
-    # Learning rate per 256 images; None: the method's paper value for the optimizer (e.g. LARS: SimCLR 0.3,
-    # BYOL 0.2).
+    # auto, lars, sgd (momentum 0.9) or adamw. auto: the paper's optimizer and rates from a batch of 1024 on (LARS for
+    # SimCLR and BYOL, tuned for 4096), below it the method's short-run recipe where it has one (SimCLR, BYOL: SGD,
+    # chosen on held-out data, benchmarks/README.md); the choice is logged.
+    optimizer: Literal["auto", "lars", "sgd", "adamw"] = "auto"
+    # Learning rate per 256 images; None: the value that goes with the optimizer (auto's choice, else the method's
+    # paper value, e.g. LARS: SimCLR 0.3, BYOL 0.2).
     base_lr: float | None = None
     # LARS's trust coefficient eta (both papers: 0.001).
     lars_trust_coefficient: float = 0.001
     # LARS: cap each layer's step at plain SGD's at the scheduled lr (solo-learn's CIFAR recipes, with eta 0.02).
     lars_clip: bool = False
-    # Weight decay; None: the method's paper value for the optimizer (e.g. LARS: SimCLR 1e-6, BYOL 1.5e-6).
+    # Weight decay; None: the value that goes with the optimizer (as base_lr; e.g. LARS: SimCLR 1e-6, BYOL 1.5e-6).
     weight_decay: float | None = None
     # Epochs of linear learning-rate warmup before the cosine decay (both papers: 10), at most a tenth of the run's
     # steps (a short run still decays; the shortened warmup is logged).
@@ -222,20 +224,41 @@ def _method_settings(method: str, settings_class: type, values: Any) -> Any:
         raise ConfigError(f"method '{method}': {error}") from None
 
 
+# From this global batch on, optimizer auto takes the paper's recipe (LARS for SimCLR and BYOL: layer-wise rates
+# are what lets their batches of 4096 train, You et al. 2017); below it the method's short-run recipe.
+LARGE_BATCH = 1024
+
+
 @dataclass(frozen=True)
 class ResolvedHyperparameters:
+    optimizer: str
     base_lr: float
     weight_decay: float
+    # Why this optimizer, for the log (e.g. "auto: batch 128 < 1024, the short-run recipe").
+    reason: str
 
 
 def resolve(config: PretrainConfig) -> ResolvedHyperparameters:
-    """Fill the ``None`` optimizer defaults from the method's paper values for the optimizer."""
+    """The optimizer ``auto`` stands for and the ``None`` rates: the method's paper values for the optimizer, or
+    with ``auto`` below :data:`LARGE_BATCH` its short-run recipe (``Method.short_run_optimizer``)."""
     from selfsup.methods import method_class
 
-    lr, wd = method_class(config.method).optimizer_defaults[config.optimizer]
+    method = method_class(config.method)
+    name, reason = config.optimizer, "set in the configuration"
+    if name == "auto" and config.batch_size < LARGE_BATCH and method.short_run_optimizer is not None:
+        name, lr, wd = method.short_run_optimizer
+        reason = f"auto: batch {config.batch_size} < {LARGE_BATCH}, the method's short-run recipe"
+    else:
+        if name == "auto":
+            name = method.paper_optimizer
+            reason = (f"auto: batch {config.batch_size} >= {LARGE_BATCH}, the paper's recipe"
+                      if method.short_run_optimizer is not None else "auto: the paper's recipe")
+        lr, wd = method.optimizer_defaults[name]
     return ResolvedHyperparameters(
+        optimizer=name,
         base_lr=config.base_lr if config.base_lr is not None else lr,
         weight_decay=config.weight_decay if config.weight_decay is not None else wd,
+        reason=reason,
     )
 
 

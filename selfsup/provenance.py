@@ -54,4 +54,9 @@ def describe_run(record: dict[str, Any]) -> list[str]:
         numbers = ", ".join(f"{v:.4g}" for v in norm["mean"]), ", ".join(f"{v:.4g}" for v in norm["std"])
         lines.append(f"- normalisation: per-channel mean ({numbers[0]}) and std ({numbers[1]}), the statistics of "
                      f"{norm.get('statistics_of', 'unknown data')}")
+    optimizer = record.get("optimizer")
+    if isinstance(optimizer, dict) and {"optimizer", "base_lr", "weight_decay"} <= optimizer.keys():
+        lines.append(f"- optimizer: {optimizer['optimizer']}, base learning rate {optimizer['base_lr']:g} per 256 "
+                     f"images, weight decay {optimizer['weight_decay']:g}"
+                     + (f" ({optimizer['reason']})" if optimizer.get("reason") else ""))
     return lines

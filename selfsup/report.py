@@ -266,6 +266,12 @@ def _evaluation_section(eval_table: Mapping[str, Any]) -> list[str]:
         table = _markdown_table(["metric", "value"], [[key, value] for key, value in eval_table.items()])
         settings = {}
     lines = ["## Evaluation of the frozen backbone", "", table, ""]
+    if isinstance(rows, list):
+        from selfsup.eval.table import describe_table
+
+        sentence = describe_table(dict(eval_table))
+        if sentence:
+            lines += [sentence, ""]
     if settings:
         described = ", ".join(f"{key} = {_format_number(value)}" for key, value in settings.items())
         lines += [f"Settings: {described}", ""]

@@ -20,7 +20,7 @@ import pytest
 
 import selfsup
 from selfsup.cli import COMMANDS, DEFAULT_RECIPE, build_parser, default_pretrain_config, main
-from selfsup.config import PretrainConfig
+from selfsup.config import PretrainConfig, resolve
 from selfsup.schedules import capped_warmup_steps
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -272,7 +272,11 @@ def test_a_short_run_records_what_made_it_and_resumes(tmp_path, digits64, monkey
     assert record["resumed_from"].endswith("step_000000010.pt")
     norm = record["normalization"]
     assert len(norm["mean"]) == len(norm["std"]) == 3 and "the training data" in norm["statistics_of"]
+    chosen = record["optimizer"]  # what optimizer auto stood for, and why
+    assert chosen == dataclasses.asdict(resolve(PretrainConfig(**{**config, "method_args": None})))
+    assert chosen["optimizer"] in ("sgd", "lars") and chosen["reason"].startswith("auto: batch ")
     report = (out / "report.md").read_text()
+    assert f"- optimizer: {chosen['optimizer']}, base learning rate {chosen['base_lr']:g} per 256" in report
     assert "## Run" in report and f"- command: `{record['command']}`" in report
     assert f"torch {torch.__version__}" in report and "the statistics of the training data" in report
     assert '"run"' not in report, "the record is shown once, not again in the configuration"

@@ -32,12 +32,44 @@ def test_types_are_converted_where_lossless():
 
 
 def test_paper_defaults_per_method():
-    simclr, byol = PretrainConfig(method="simclr"), PretrainConfig(method="byol")
+    simclr = PretrainConfig(method="simclr", optimizer="lars")
+    byol = PretrainConfig(method="byol", optimizer="lars")
     assert (resolve(simclr).base_lr, resolve(simclr).weight_decay, simclr.method_args.projection_hidden_dim,
             simclr.method_args.projection_dim) == (0.3, 1e-6, 2048, 128)
     assert (resolve(byol).base_lr, resolve(byol).weight_decay, byol.method_args.projection_hidden_dim,
             byol.method_args.projection_dim) == (0.2, 1.5e-6, 4096, 256)
     assert byol.method_args.momentum_base == 0.996 and simclr.method_args.temperature == 0.5
+
+
+@pytest.mark.parametrize("method", ["simclr", "byol"])
+def test_auto_optimizer_takes_the_short_run_recipe_below_a_batch_of_1024(method):
+    from selfsup.methods import method_class
+
+    cls = method_class(method)
+    small = resolve(PretrainConfig(method=method, batch_size=256))
+    assert PretrainConfig().optimizer == "auto"
+    assert (small.optimizer, small.base_lr, small.weight_decay) == cls.short_run_optimizer
+    assert "1024" in small.reason and "short-run" in small.reason
+    large = resolve(PretrainConfig(method=method, batch_size=1024))
+    assert (large.optimizer, large.base_lr, large.weight_decay) == ("lars", *cls.optimizer_defaults["lars"])
+    assert "paper" in large.reason
+    # Rates given by the user win over auto's; an explicit optimizer is never replaced.
+    chosen = resolve(PretrainConfig(method=method, batch_size=256, base_lr=0.5, weight_decay=1e-5))
+    assert (chosen.optimizer, chosen.base_lr, chosen.weight_decay) == (cls.short_run_optimizer[0], 0.5, 1e-5)
+    explicit = resolve(PretrainConfig(method=method, batch_size=256, optimizer="lars"))
+    assert (explicit.optimizer, explicit.base_lr) == ("lars", cls.optimizer_defaults["lars"][0])
+
+
+def test_auto_optimizer_is_the_papers_for_methods_without_a_short_run_recipe():
+    from selfsup.methods import METHODS
+
+    for name, cls in METHODS.items():
+        assert cls.paper_optimizer in cls.optimizer_defaults, name
+        if cls.short_run_optimizer is None:
+            auto = resolve(PretrainConfig(method=name, batch_size=256))
+            assert (auto.optimizer, auto.base_lr, auto.weight_decay) == (
+                cls.paper_optimizer, *cls.optimizer_defaults[cls.paper_optimizer]), name
+    assert resolve(PretrainConfig(method="moco-v2")).optimizer == "sgd"  # MoCo's own recipe is SGD
 
 
 def test_yaml_is_loaded_safely(tmp_path):

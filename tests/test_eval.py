@@ -77,3 +77,31 @@ def test_logistic_regression_reaches_the_optimum_of_its_objective():
     grad_w += l2 * weight
     assert grad_w.abs().max() < 1e-5 and grad_b.abs().max() < 1e-5
     assert weight.abs().max() > 0.01  # a real fit, not the zero start
+
+
+def _table(pretrained, random, pixels=None):
+    rows = [{"name": "pretrained", "knn_top1": pretrained[0], "linear_top1": pretrained[1]},
+            {"name": "random init", "knn_top1": random[0], "linear_top1": random[1]}]
+    if pixels:
+        rows.append({"name": "raw pixels", "knn_top1": pixels[0], "linear_top1": pixels[1]})
+    return {"rows": rows}
+
+
+def test_the_sentence_under_the_table_says_what_it_shows():
+    from selfsup.eval.table import describe_table, format_table
+
+    helped = describe_table(_table((74.44, 96.30), (66.30, 92.96), (50.0, 60.0)))
+    assert helped == ("Pretraining helped: the pretrained backbone is 8.1 points ahead of the same network at "
+                      "random init on kNN and 3.3 on the linear probe.")
+    one = describe_table(_table((71.49, 86.86), (65.70, 93.32)))
+    assert one.startswith("Pretraining helped on one probe only") and "5.8 points ahead on kNN" in one
+    assert "6.5 points behind on the linear probe" in one
+    none = describe_table(_table((60.0, 90.5), (60.2, 90.0)))
+    assert none.startswith("Pretraining did not help here") and "0.2 points behind on kNN" in none
+    pixels = describe_table(_table((74.44, 96.30), (66.30, 92.96), (92.59, 96.67)))
+    assert pixels.endswith("Raw pixels score higher still (92.6 / 96.7): the features do not yet hold more about "
+                           "the classes than the pixels do.")
+    first_run = describe_table(_table((81.29, 95.77), (65.70, 93.32), (93.10, 95.77)))
+    assert first_run.endswith("on the linear probe. Raw pixels are still ahead on kNN (93.1 against 81.3).")
+    assert describe_table({"rows": [{"name": "pretrained", "knn_top1": 1.0, "linear_top1": 2.0}]}) is None
+    assert format_table(_table((74.44, 96.30), (66.30, 92.96))).splitlines()[-1] == helped

@@ -36,6 +36,7 @@ class TinyContrast(Method):
 
     Settings = TinySettings
     optimizer_defaults = {"lars": (0.5, 1e-6), "sgd": (0.1, 5e-4), "adamw": (1e-3, 1e-6)}
+    paper_optimizer = "lars"
 
     def __init__(self, backbone: nn.Module, settings: TinySettings) -> None:
         super().__init__()

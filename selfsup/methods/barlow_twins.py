@@ -57,6 +57,7 @@ class BarlowTwins(Method):
     # the peak, the loop's at 0. SGD and AdamW are not in the paper: this project's SimCLR and BYOL values for them,
     # untuned for Barlow Twins.
     optimizer_defaults = {"lars": (0.2, 1.5e-6), "sgd": (0.06, 5e-4), "adamw": (1e-3, 1e-6)}
+    paper_optimizer = "lars"
 
     def __init__(self, backbone: nn.Module, feature_dim: int | None = None, projection_hidden_dim: int = 8192,
                  projection_dim: int = 8192, lambda_offdiag: float = 5e-3, bias_lr_multiplier: float = 0.024,

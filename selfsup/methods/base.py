@@ -6,6 +6,8 @@ line in :data:`selfsup.methods.METHODS`. The loop never tests a method's name; i
 - ``Settings``: a frozen dataclass of the method's own options (head sizes, temperature, momentum, ...), each
   field with a comment that becomes its flag's help line; ``from_settings(backbone, settings)`` builds it;
 - ``optimizer_defaults``: the paper's base learning rate (per 256 images) and weight decay per optimizer;
+  ``paper_optimizer``, the paper's optimizer; ``short_run_optimizer``, what ``optimizer: auto`` takes for
+  batches under 1024 (None: the paper's);
 - ``view_recipes(settings, crop_size, mean, std, blur)``: the :class:`ViewConfig` of each of its views (two, or
   a multi-crop: DINO's global and local views, each with its own ``crop_size``);
 - ``forward(*views) -> MethodOutput``, the views in the order of the recipes;
@@ -35,6 +37,11 @@ class Method(nn.Module):
     Settings: ClassVar[type]
     # optimizer name -> (base learning rate per 256 images, weight decay), the paper's values with citations.
     optimizer_defaults: ClassVar[dict[str, tuple[float, float]]]
+    # The optimizer of the paper's recipe, which optimizer auto takes at the papers' scale.
+    paper_optimizer: ClassVar[str]
+    # (optimizer, base learning rate per 256 images, weight decay) that optimizer auto takes for batches under
+    # 1024, chosen on held-out data (benchmarks/short_run_recipes.py); None: none measured, the paper's.
+    short_run_optimizer: ClassVar[tuple[str, float, float] | None] = None
 
     @classmethod
     def from_settings(cls, backbone: nn.Module, settings: Any) -> Method:

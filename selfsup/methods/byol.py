@@ -82,6 +82,11 @@ class BYOL(Method):
     # LARS: lr 0.2 x B/256, weight decay 1.5e-6 (Grill et al. 2020, appendix C). SGD and AdamW: the values of
     # solo-learn's and lightly's CIFAR recipes (the paper uses LARS only).
     optimizer_defaults = {"lars": (0.2, 1.5e-6), "sgd": (0.06, 5e-4), "adamw": (1e-3, 1e-6)}
+    paper_optimizer = "lars"
+    # Below a batch of 1024 (optimizer auto): SGD at 0.12 per 256, weight decay 5e-4, the best of the papers' LARS and
+    # SGD at 0.06 / 0.12 (and 0.24 on digits) on held-out digits, photo crops, Fashion-MNIST and CIFAR-10 (benchmarks/README.md,
+    # "Short-run optimizer"); at 5-30 epochs BYOL stays near or below random init with every one of them.
+    short_run_optimizer = ("sgd", 0.12, 5e-4)
 
     def __init__(
         self,

@@ -57,6 +57,7 @@ class SimSiam(Method):
     # runs: 0.03, 5e-4, appendix D). The paper uses LARS only at batch >= 1024 (sec. 4.3) without its rate; LARS
     # and AdamW here are BYOL's LARS values and this project's AdamW default, untuned for SimSiam.
     optimizer_defaults = {"sgd": (0.05, 1e-4), "lars": (0.2, 1.5e-6), "adamw": (1e-3, 1e-6)}
+    paper_optimizer = "sgd"
 
     def __init__(self, backbone: nn.Module, feature_dim: int | None = None, projection_hidden_dim: int = 2048,
                  projection_dim: int = 2048, projection_layers: int = 3, prediction_hidden_dim: int = 512,

@@ -57,6 +57,7 @@ class VICReg(Method):
     # al. 2022, appendix C; main_vicreg.py's --base-lr and --wd). The paper's cosine ends at 1/1000 of the peak,
     # the loop's at 0. SGD and AdamW are not in the paper: this project's SimCLR and BYOL values, untuned for VICReg.
     optimizer_defaults = {"lars": (0.2, 1e-6), "sgd": (0.06, 5e-4), "adamw": (1e-3, 1e-6)}
+    paper_optimizer = "lars"
 
     def __init__(self, backbone: nn.Module, feature_dim: int | None = None, projection_hidden_dim: int = 8192,
                  projection_dim: int = 8192, invariance_weight: float = 25.0, variance_weight: float = 25.0,

@@ -3,6 +3,7 @@ PyTorch loop, trained by :func:`selfsup.tf.train.pretrain_simclr_tf`, evaluated 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +46,9 @@ def pretrain_tensorflow(config: PretrainConfig, log=print, command: str | None =
                    if name not in _SUPPORTED and value != to_dict(defaults)[name]]
     if unsupported:
         raise ValueError(f"setting(s) {', '.join(unsupported)} are not implemented with --framework tensorflow")
-    if config.optimizer != "lars":
+    if config.optimizer not in ("lars", "auto"):
         raise ValueError("setting 'optimizer': the TensorFlow loop uses LARS only")
-    hp = resolve(config)
+    hp = resolve(dataclasses.replace(config, optimizer="lars"))
     data = load_image_data(config.data, "train", config.skip_bad_images, progress=config.progress)
     images = _nhwc(data)
     mean, std = channel_stats(images)

@@ -8,6 +8,7 @@ the method (:mod:`selfsup.methods.base`) for its views, parameter groups and mom
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import signal
 import time
@@ -182,7 +183,7 @@ def train(config: PretrainConfig, data: ImageData, device: torch.device, resume:
     warmup_steps = capped_warmup_steps(config.warmup_epochs, steps_per_epoch, total_steps)
     hyper = resolve(config)
     peak_lr = scaled_learning_rate(hyper.base_lr, config.batch_size)
-    optimizer = build_optimizer(config.optimizer, method.learnable_parameters(), peak_lr, hyper.weight_decay,
+    optimizer = build_optimizer(hyper.optimizer, method.learnable_parameters(), peak_lr, hyper.weight_decay,
                                 lars_trust_coefficient=config.lars_trust_coefficient, lars_clip=config.lars_clip)
     training_step = TrainingStep(method, optimizer, build_scheduler(optimizer, total_steps, warmup_steps),
                                  total_steps, steps_per_epoch, model=model, precision=config.precision,
@@ -251,7 +252,8 @@ def train(config: PretrainConfig, data: ImageData, device: torch.device, resume:
         from selfsup.provenance import run_record
 
         write_json(out_dir / "config.json", {**to_dict(config), "run": run_record(
-            command, mean, std, channel_stats_source(data), resumed_from=str(resume) if resume else None)})
+            command, mean, std, channel_stats_source(data), resumed_from=str(resume) if resume else None,
+            optimizer=dataclasses.asdict(hyper))})
         if data.skipped:
             atomic_write_text(out_dir / "skipped_images.txt", "".join(f"{p}\t{why}\n" for p, why in data.skipped))
     if crop_size > image_size:
@@ -259,7 +261,8 @@ def train(config: PretrainConfig, data: ImageData, device: torch.device, resume:
             "crops, bigger than the images evaluated")
     crops = f" (views of {crop_size} px)" if crop_size != image_size else ""
     log(f"{config.method} on {data.name}: {len(data)} images at {image_size} px{crops}, {world} process(es), "
-        f"{steps_per_epoch} steps/epoch x {config.epochs} epochs, lr {peak_lr:.4g}, {config.optimizer}")
+        f"{steps_per_epoch} steps/epoch x {config.epochs} epochs, {hyper.optimizer} lr {peak_lr:.4g} "
+        f"(base {hyper.base_lr:g} per 256) weight decay {hyper.weight_decay:g} ({hyper.reason})")
     if warmup_steps < round(config.warmup_epochs * steps_per_epoch):
         log(f"warmup: {warmup_steps} steps ({warmup_steps / steps_per_epoch:.3g} epochs, a tenth of the run's "
             f"{total_steps}) instead of the {config.warmup_epochs:g} epochs set, so that the learning rate decays")

@@ -135,7 +135,7 @@ def test_an_export_onto_a_folder_is_one_line(tmp_path, digits128, capsys):
     (["--base-lr", "0.5"], "base_lr=None, this run has base_lr=0.5"),
     (["--width", "0.25"], "width=0.125, this run has width=0.25"),
     (["--projection-dim", "8"], "projection_dim=16, this run has projection_dim=8"),
-    (["--optimizer", "sgd"], "optimizer='lars', this run has optimizer='sgd'"),
+    (["--optimizer", "sgd"], "optimizer='auto', this run has optimizer='sgd'"),
     (["--epochs", "3"], "epochs=1, this run has epochs=3"),
 ])
 def test_resuming_with_a_setting_that_changes_the_run_is_refused(tmp_path, digits128, capsys, flags, named):

@@ -86,7 +86,7 @@ def _config(tmp_path, name, data, **overrides):
     values = dict(method="byol", data=data, out=str(tmp_path / name), image_size=16, width=0.125,
                   projection_hidden_dim=64, projection_dim=32, prediction_hidden_dim=64, batch_size=32,
                   epochs=2, warmup_epochs=0.5, eval_at_end=False, progress=False, log_every=2, num_workers=0,
-                  checkpoint_every_steps=3, keep_checkpoints=10)
+                  checkpoint_every_steps=3, keep_checkpoints=10, optimizer="lars")  # LARS: its state is checked
     values.update(overrides)
     return pretrain_config(**values)
 

@@ -84,8 +84,8 @@ class PretrainConfig:
     # Global batch, split evenly over the processes; the learning rate follows it (base_lr x batch / 256).
     batch_size: int = 256
     # auto, lars, sgd (momentum 0.9) or adamw. auto: the paper's optimizer and rates from a batch of 1024 on (LARS for
-    # SimCLR and BYOL, tuned for 4096), below it the method's short-run recipe where it has one (SimCLR, BYOL: SGD,
-    # chosen on held-out data, benchmarks/README.md); the choice is logged.
+    # SimCLR and BYOL, tuned for 4096), below it, with selfsup's ResNets, the method's short-run recipe where it has
+    # one (SimCLR, BYOL: SGD, chosen on held-out data, benchmarks/README.md); the choice is logged.
     optimizer: Literal["auto", "lars", "sgd", "adamw"] = "auto"
     # Learning rate per 256 images; None: the value that goes with the optimizer (auto's choice, else the method's
     # paper value, e.g. LARS: SimCLR 0.3, BYOL 0.2).
@@ -245,14 +245,21 @@ def resolve(config: PretrainConfig) -> ResolvedHyperparameters:
 
     method = method_class(config.method)
     name, reason = config.optimizer, "set in the configuration"
-    if name == "auto" and config.batch_size < LARGE_BATCH and method.short_run_optimizer is not None:
+    # The short-run recipes were chosen with selfsup's ResNets; other backbones (a ViT wants other rates) keep the
+    # paper's recipe until one is measured for them.
+    resnet = ":" not in config.backbone
+    if name == "auto" and config.batch_size < LARGE_BATCH and method.short_run_optimizer is not None and resnet:
         name, lr, wd = method.short_run_optimizer
         reason = f"auto: batch {config.batch_size} < {LARGE_BATCH}, the method's short-run recipe"
     else:
         if name == "auto":
             name = method.paper_optimizer
-            reason = (f"auto: batch {config.batch_size} >= {LARGE_BATCH}, the paper's recipe"
-                      if method.short_run_optimizer is not None else "auto: the paper's recipe")
+            if method.short_run_optimizer is None:
+                reason = "auto: the paper's recipe"
+            elif not resnet:
+                reason = f"auto: the paper's recipe ({config.backbone}: the short-run recipe was chosen on ResNets)"
+            else:
+                reason = f"auto: batch {config.batch_size} >= {LARGE_BATCH}, the paper's recipe"
         lr, wd = method.optimizer_defaults[name]
     return ResolvedHyperparameters(
         optimizer=name,

@@ -58,6 +58,10 @@ def test_auto_optimizer_takes_the_short_run_recipe_below_a_batch_of_1024(method)
     assert (chosen.optimizer, chosen.base_lr, chosen.weight_decay) == (cls.short_run_optimizer[0], 0.5, 1e-5)
     explicit = resolve(PretrainConfig(method=method, batch_size=256, optimizer="lars"))
     assert (explicit.optimizer, explicit.base_lr) == ("lars", cls.optimizer_defaults["lars"][0])
+    # Chosen on ResNets: a library backbone keeps the paper's recipe, and says why.
+    vit = resolve(PretrainConfig(method=method, batch_size=256, backbone="timm:vit_tiny_patch16_224"))
+    assert (vit.optimizer, vit.base_lr) == ("lars", cls.optimizer_defaults["lars"][0])
+    assert "chosen on ResNets" in vit.reason
 
 
 def test_auto_optimizer_is_the_papers_for_methods_without_a_short_run_recipe():

@@ -7,7 +7,7 @@ line in :data:`selfsup.methods.METHODS`. The loop never tests a method's name; i
   field with a comment that becomes its flag's help line; ``from_settings(backbone, settings)`` builds it;
 - ``optimizer_defaults``: the paper's base learning rate (per 256 images) and weight decay per optimizer;
   ``paper_optimizer``, the paper's optimizer; ``short_run_optimizer``, what ``optimizer: auto`` takes for
-  batches under 1024 (None: the paper's);
+  batches under 1024 with selfsup's ResNets (None: the paper's);
 - ``view_recipes(settings, crop_size, mean, std, blur)``: the :class:`ViewConfig` of each of its views (two, or
   a multi-crop: DINO's global and local views, each with its own ``crop_size``);
 - ``forward(*views) -> MethodOutput``, the views in the order of the recipes;
@@ -40,7 +40,8 @@ class Method(nn.Module):
     # The optimizer of the paper's recipe, which optimizer auto takes at the papers' scale.
     paper_optimizer: ClassVar[str]
     # (optimizer, base learning rate per 256 images, weight decay) that optimizer auto takes for batches under
-    # 1024, chosen on held-out data (benchmarks/short_run_recipes.py); None: none measured, the paper's.
+    # 1024 with selfsup's ResNets, chosen on held-out data (benchmarks/short_run_recipes.py); None: none measured,
+    # the paper's.
     short_run_optimizer: ClassVar[tuple[str, float, float] | None] = None
 
     @classmethod

@@ -84,8 +84,8 @@ class BYOL(Method):
     optimizer_defaults = {"lars": (0.2, 1.5e-6), "sgd": (0.06, 5e-4), "adamw": (1e-3, 1e-6)}
     paper_optimizer = "lars"
     # Below a batch of 1024 (optimizer auto): SGD at 0.12 per 256, weight decay 5e-4, the best of the papers' LARS and
-    # SGD at 0.06 / 0.12 (and 0.24 on digits) on held-out digits, photo crops, Fashion-MNIST and CIFAR-10 (benchmarks/README.md,
-    # "Short-run optimizer"); at 5-30 epochs BYOL stays near or below random init with every one of them.
+    # SGD at 0.06 / 0.12 (and 0.24 on digits) on held-out digits, photo crops, Fashion-MNIST and CIFAR-10
+    # (benchmarks/README.md, "Short-run optimizer"); at 5-30 epochs BYOL stays near or below random init with all.
     short_run_optimizer = ("sgd", 0.12, 5e-4)
 
     def __init__(

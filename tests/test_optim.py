@@ -202,6 +202,29 @@ def test_build_optimizer(name: str, optimizer_type: type) -> None:
     assert not frozen_ids & {id(p) for group in optimizer.param_groups for p in group["params"]}
 
 
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_grouped_optimizer_kernels_compute_what_the_per_tensor_loop_does(name: str) -> None:
+    # build_optimizer asks for foreach (faster on CPU); the loop torch takes by default is the reference.
+    generator = torch.Generator().manual_seed(3)
+    model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.Linear(8, 3))
+    reference = [p.detach().clone() for p in model.parameters()]
+    optimizer = build_optimizer(name, model, lr=0.1, weight_decay=5e-4)
+    assert all(group["foreach"] for group in optimizer.param_groups)
+    loop_params = [nn.Parameter(p.clone()) for p in reference]
+    groups = [{"params": [q for q, p in zip(loop_params, model.parameters(), strict=True) if p in set(g["params"])],
+               "weight_decay": g["weight_decay"]} for g in optimizer.param_groups]
+    loop = (torch.optim.SGD(groups, lr=0.1, momentum=0.9, foreach=False) if name == "sgd"
+            else torch.optim.AdamW(groups, lr=0.1, foreach=False))
+    for _ in range(4):
+        for p, q in zip(model.parameters(), loop_params, strict=True):
+            grad = torch.randn(p.shape, generator=generator, dtype=p.dtype)
+            p.grad, q.grad = grad, grad.clone()
+        optimizer.step()
+        loop.step()
+    for p, q in zip(model.parameters(), loop_params, strict=True):
+        assert torch.equal(p, q)
+
+
 def test_build_optimizer_rejects_unknown_name() -> None:
     with pytest.raises(ValueError, match="unknown optimizer 'adam'"):
         build_optimizer("adam", nn.Linear(2, 2), lr=0.1, weight_decay=0.0)  # type: ignore[arg-type]

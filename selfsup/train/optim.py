@@ -138,10 +138,12 @@ def build_optimizer(name: OptimizerName, model: nn.Module | list[dict], lr: floa
                     trust_coefficient=lars_trust_coefficient, clip=lars_clip)
     for group in groups:
         group.pop("lars_exclude")
+    # foreach: torch takes the per-tensor loop on CPU unless asked; the grouped kernels compute the same values
+    # (bitwise, checked in tests/test_optim.py) and are faster (benchmarks/optimizer_step.py).
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=True)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, foreach=True)
     raise ValueError(f"unknown optimizer {name!r}; choose one of lars, sgd, adamw")
 
 

@@ -105,14 +105,14 @@ class DINOLoss(nn.Module):
         compute_dtype = torch.promote_types(student_outputs[0].dtype, torch.float32)
         device_type = student_outputs[0].device.type
         students, teachers = _blocks(student_outputs), _blocks(teacher_outputs)
-        n, k = students[0].shape[1:]
+        k = students[0].shape[2]
         with torch.autocast(device_type=device_type, enabled=False):
             center = self.center.to(compute_dtype)
             teacher_probabilities = [  # (N K,) each: one per teacher view
                 row for block in teachers
                 for row in F.softmax((block.detach().to(compute_dtype) - center) / teacher_temperature, dim=2)
                 .reshape(block.shape[0], n * k)]
-            teacher_sum = torch.stack(teacher_probabilities).sum(dim=0)  # (N K,): sum_a P_a
+            teacher_sum = sum(teacher_probabilities[1:], teacher_probabilities[0])  # (N K,): sum_a P_a
             # sum over pairs of different views = sum_b (sum_a P_a) . log P_b - sum_{a < G} P_a . log P_a: per
             # block of student views a matrix-vector product with sum_a P_a (no (V, N, K) temporary) and, for
             # the views that are teacher views too, their own dot product.
@@ -151,7 +151,7 @@ class DINOLoss(nn.Module):
         (N, K) views or (v, N, K) blocks of v views of one N."""
         if isinstance(views, torch.Tensor) or len(views) < 1:
             raise ValueError(f"DINOLoss: {name} must be a non-empty list of (N, {self.out_dim}) tensors")
-        blocks = [view.unsqueeze(0) if view.ndim == 2 else view for view in views]
+        blocks = _blocks(views)
         n = blocks[0].shape[1] if blocks[0].ndim == 3 else -1
         if any(block.ndim != 3 or block.shape[2] != self.out_dim or block.shape[1] != n for block in blocks):
             raise ValueError(f"DINOLoss: {name} must hold (N, {self.out_dim}) tensors of one N (or (v, N, "

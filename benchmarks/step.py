@@ -13,6 +13,9 @@ From an augmented batch in memory (two views), on CPU, ResNet-18 with the CIFAR 
            (backbone and head), the teacher's forward of the global views. Every method at its paper's head
            sizes (DINO: the paper's 8 local views of 96/224 of the side, 14 px at 32).
   selfsup  the method's forward, loss, backward, LARS step, zero_grad and (BYOL) the EMA update.
+  (torch SGD)  for reference, not a part: torch's own momentum SGD step over the same parameters, the least
+           any update costs; the *_vs_floor_plus_sgd ratios put it in the floor (an optimizer step over heads
+           much larger than the backbone, Barlow Twins' and VICReg's, is not overhead around the method).
   lightly  the same step written with lightly's parts (heads, NTXentLoss / NegativeCosineSimilarity,
            LARS, update_momentum), when lightly is importable.
 
@@ -136,13 +139,17 @@ def overhead_parts(method: str, model: nn.Module, optimizer: torch.optim.Optimiz
     z1, z2 = (torch.randn(batch, dim, requires_grad=True) for _ in range(2))
     queue = getattr(model, "queue", None)  # MoCo v2's negatives
     if method == "dino":  # as the method calls it: the student's logits (K wide) in blocks of the views that went
-        # through the network together (2 global, the local ones), the teacher's of the global views
+        # through the network together (2 global, the local ones), the teacher's of the global views; in [-1, 1]
+        # as the head's are (a unit-norm last layer over the unit bottleneck): N(0, 1) logits / 0.04 would
+        # underflow exp to subnormals, whose arithmetic is many times slower than a real step's
         width = model.settings.output_dim
-        student = [torch.randn(2, batch, width, requires_grad=True),
-                   torch.randn(len(views) - 2, batch, width, requires_grad=True)]
-        teacher = [torch.randn(2, batch, width)]
+        student = [(torch.rand(2, batch, width) * 2 - 1).requires_grad_(),
+                   (torch.rand(len(views) - 2, batch, width) * 2 - 1).requires_grad_()]
+        teacher = [torch.rand(2, batch, width) * 2 - 1]
 
     def loss() -> None:
+        for leaf in (z1, z2, *(student if method == "dino" else ())):
+            leaf.grad = None  # as in a step: a fresh gradient, not one added to the last repeat's
         if method == "dino":
             model.criterion(student, teacher).backward()
         elif queue is not None:  # the queue holds unit keys (MoCo v2 enqueues them normalised)
@@ -176,6 +183,24 @@ def overhead_parts(method: str, model: nn.Module, optimizer: torch.optim.Optimiz
             times.append(time.perf_counter() - start)
         seconds[name] = statistics.median(times)
     return seconds
+
+
+def plain_sgd_seconds(model: nn.Module, repeats: int) -> float:
+    """Median seconds of torch's own momentum SGD step (grouped kernels) over ``model``'s trainable parameters:
+    what any optimizer's update costs at least, since each reads the gradient, the parameter and a buffer and
+    writes two of them. Barlow Twins' and VICReg's 8192-wide projectors make it large beside the networks'
+    passes (138 M parameters against ResNet-18's 11 M)."""
+    parameters = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    for parameter in parameters:
+        parameter.grad = torch.randn_like(parameter)
+    optimizer = torch.optim.SGD(parameters, lr=LR, momentum=0.9, weight_decay=WEIGHT_DECAY, foreach=True)
+    optimizer.step()  # the momentum buffers exist from here, as in every step after a run's first
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def lightly_step(method: str, width: float, view1, view2, dtype: str) -> Callable[[], None]:
@@ -274,6 +299,11 @@ def main() -> None:
         for name, value in parts.items():
             rows.append((method, f"  {name}", value, float("nan"), value / median["floor"]))
         ratios[f"{method}_floor_plus_parts_vs_floor"] = 1 + sum(parts.values()) / median["floor"]
+        sgd = plain_sgd_seconds(model, repeats=max(5, args.steps))
+        rows.append((method, "  (torch SGD)", sgd, float("nan"), sgd / median["floor"]))
+        ratios[f"{method}_selfsup_vs_floor_plus_sgd"] = median["selfsup step"] / (median["floor"] + sgd)
+        ratios[f"{method}_floor_plus_parts_vs_floor_plus_sgd"] = ((median["floor"] + sum(parts.values()))
+                                                                 / (median["floor"] + sgd))
         if "lightly step" in median:
             ratios[f"{method}_selfsup_vs_lightly"] = median["selfsup step"] / median["lightly step"]
 
@@ -284,7 +314,9 @@ def main() -> None:
     for method, name, value, images_per_second, relative in rows:
         print(f"{method:<12} {name:<15} {value:>9.4f} {images_per_second:>9.1f} {relative:>8.4f}x")
     print("(indented rows: the step's parts beyond the floor, each timed alone; floor_plus_parts_vs_floor\n"
-          " in the JSON line is 1 + their sum / floor, the step's overhead free of the noise between steps)")
+          " in the JSON line is 1 + their sum / floor, the step's overhead free of the noise between steps.\n"
+          " (torch SGD): not a part, the floor of any update: torch.optim.SGD(momentum=0.9, foreach=True) over\n"
+          " the same parameters; the *_vs_floor_plus_sgd ratios count it in the floor)")
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak RSS of this process (all variants): {peak_rss_mib:.0f} MiB")
     print(json.dumps({"benchmark": "step", "batch_size": args.batch_size, "width": args.width,

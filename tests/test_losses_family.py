@@ -18,6 +18,7 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
+import selfsup.losses.dino as dino_loss_module
 from selfsup import dist
 from selfsup.losses import (
     BarlowTwinsLoss,
@@ -488,6 +489,52 @@ def test_dino_gradcheck_float64() -> None:
     criterion = DINOLoss(4, teacher_temperature=0.3, student_temperature=0.5).double().eval()  # no center update
     inputs = tuple(view.requires_grad_() for view in student_views)
     assert torch.autograd.gradcheck(lambda *views: criterion(list(views), teacher_views), inputs)
+
+
+def _autograd_dino(students: list[torch.Tensor], teachers: list[torch.Tensor], teacher_temperature: float,
+                   student_temperature: float) -> torch.Tensor:
+    """Eq. 3 through autograd's own log-softmax, pair by pair (the reference for the fused backward)."""
+    terms = [-(torch.softmax(teacher / teacher_temperature, dim=1)
+               * torch.log_softmax(student / student_temperature, dim=1)).sum(dim=1).mean()
+             for a, teacher in enumerate(teachers) for b, student in enumerate(students) if a != b]
+    return torch.stack(terms).mean()
+
+
+@pytest.mark.parametrize("chunk_elements", [1, 12, 1 << 20])  # a row, two rows (and a shorter last chunk), a view
+def test_dino_gradient_matches_autograd_reference_in_chunks(monkeypatch, chunk_elements: int) -> None:
+    monkeypatch.setattr(dino_loss_module, "_CHUNK_ELEMENTS", chunk_elements)
+    generator = torch.Generator().manual_seed(31)
+    global_views = _randn(generator, 2, 5, 6).requires_grad_()
+    local_views = _randn(generator, 3, 5, 6).requires_grad_()
+    teachers = [_randn(generator, 5, 6) for _ in range(2)]
+    criterion = DINOLoss(6, student_temperature=0.2).double().eval()
+    loss = criterion([global_views, local_views], [torch.stack(teachers)], teacher_temperature=0.1)
+    gradients = torch.autograd.grad(loss, [global_views, local_views])
+    reference = _autograd_dino([*global_views, *local_views], teachers, 0.1, 0.2)
+    reference_gradients = torch.autograd.grad(reference, [global_views, local_views])
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-12)
+    for gradient, expected in zip(gradients, reference_gradients, strict=True):
+        torch.testing.assert_close(gradient, expected, rtol=1e-10, atol=1e-13)
+
+
+def test_dino_backward_can_run_twice_and_gives_bf16_gradients_to_bf16_views() -> None:
+    generator = torch.Generator().manual_seed(32)
+    students = [torch.randn(4, 8, generator=generator).requires_grad_() for _ in range(3)]
+    teachers = [torch.randn(4, 8, generator=generator) for _ in range(2)]
+    criterion = DINOLoss(8).eval()
+    loss = criterion(students, teachers)
+    first = torch.autograd.grad(loss, students, retain_graph=True)
+    second = torch.autograd.grad(loss, students)  # the graph keeps what it needs: the same gradient again
+    for a, b in zip(first, second, strict=True):
+        assert torch.equal(a, b)
+    low = [s.detach().bfloat16().requires_grad_() for s in students]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low_gradients = torch.autograd.grad(criterion(low, [t.bfloat16() for t in teachers]), low)
+    reference = torch.autograd.grad(_autograd_dino([s.float() for s in low], [t.bfloat16().float() for t in teachers],
+                                                   0.04, 0.1), low)
+    for gradient, expected in zip(low_gradients, reference, strict=True):
+        assert gradient.dtype == torch.bfloat16
+        torch.testing.assert_close(gradient.float(), expected.float(), rtol=2e-2, atol=1e-4)
 
 
 def test_dino_in_float32_under_autocast() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from selfsup import dist
@@ -105,28 +104,14 @@ class DINOLoss(nn.Module):
         compute_dtype = torch.promote_types(student_outputs[0].dtype, torch.float32)
         device_type = student_outputs[0].device.type
         students, teachers = _blocks(student_outputs), _blocks(teacher_outputs)
-        k = students[0].shape[2]
         with torch.autocast(device_type=device_type, enabled=False):
-            center = self.center.to(compute_dtype)
-            teacher_probabilities = [  # (N K,) each: one per teacher view
-                row for block in teachers
-                for row in F.softmax((block.detach().to(compute_dtype) - center) / teacher_temperature, dim=2)
-                .reshape(block.shape[0], n * k)]
-            teacher_sum = sum(teacher_probabilities[1:], teacher_probabilities[0])  # (N K,): sum_a P_a
-            # sum over pairs of different views = sum_b (sum_a P_a) . log P_b - sum_{a < G} P_a . log P_a: per
-            # block of student views a matrix-vector product with sum_a P_a (no (V, N, K) temporary) and, for
-            # the views that are teacher views too, their own dot product.
-            all_pairs, same_crop, view = 0.0, 0.0, 0
-            for block in students:
-                views = block.shape[0]
-                log_probabilities = F.log_softmax(block.to(compute_dtype) / self.student_temperature, dim=2)
-                log_probabilities = log_probabilities.reshape(views, n * k)
-                all_pairs = all_pairs + (log_probabilities @ teacher_sum).sum()
-                for offset in range(min(views, len(teacher_probabilities) - view)):
-                    same_crop = same_crop + log_probabilities[offset] @ teacher_probabilities[view + offset]
-                view += views
-            pairs = len(teacher_probabilities) * (view - 1)
-            loss = -(all_pairs - same_crop) / (n * pairs)
+            teacher = teachers[0] if len(teachers) == 1 else torch.cat(teachers)  # (G, N, K)
+            # P_a = softmax((g_t - c) / tau_t), computed in place in one new (G, N, K) tensor
+            teacher_probabilities = teacher.detach().to(compute_dtype) - self.center.to(compute_dtype)
+            rows = teacher_probabilities.mul_(1 / teacher_temperature).view(-1, teacher.shape[2])
+            for chunk in rows.split(max(1, _CHUNK_ELEMENTS // rows.shape[1])):
+                _softmax_rows_(chunk)
+            loss = _StudentCrossEntropy.apply(teacher_probabilities, self.student_temperature, *students)
         if self.training:
             self.update_center(teacher_outputs)
         return loss
@@ -159,6 +144,105 @@ class DINOLoss(nn.Module):
         if n < 1:
             raise ValueError(f"DINOLoss: the batch is empty (N = 0) in {name}")
         return sum(block.shape[0] for block in blocks), n
+
+
+class _StudentCrossEntropy(torch.autograd.Function):
+    r"""The mean over pairs (a, b), a != b, of :math:`-\frac{1}{N}\sum_n P_{a,n} \cdot \log p_{b,n}`, with
+    :math:`p_b = \mathrm{softmax}(x_b)`, :math:`x_b = g_b / \tau_s`, and its gradient, in one pass each way.
+
+    With :math:`T = \sum_a P_a`, :math:`Q_b = T - P_b` for a student view that is a teacher view too (b < G)
+    and :math:`Q_b = T` otherwise, and :math:`c_b = |\{a \ne b\}|` (G - 1 or G; each :math:`P_a` sums to 1):
+
+    .. math::
+        \sum_{a \ne b} -P_a \cdot \log p_b = c_b \,\mathrm{lse}(x_b) - Q_b \cdot x_b, \qquad
+        \frac{\partial}{\partial g_b} = \frac{1}{\tau_s}\,(c_b\, p_b - Q_b).
+
+    Autograd's log-softmax keeps (V, N, K) log-probabilities and builds the gradient through three more tensors
+    of that size. Here the forward keeps only the log-sum-exp of each row, (V, N), and the backward writes the
+    gradient into the one new (V, N, K) tensor, recomputing p_b there; both go through the rows a chunk at a
+    time, small enough to stay in cache between their passes (exp is cheap next to a trip to memory).
+
+    Shapes: ``teacher_probabilities`` (G, N, K) rows that sum to 1 (no gradient), ``student_blocks`` (v, N, K)
+    each, V = sum of v >= 2 views, G <= V -> scalar in the teacher's dtype.
+    """
+
+    @staticmethod
+    def forward(ctx, teacher_probabilities: torch.Tensor, student_temperature: float,
+                *student_blocks: torch.Tensor) -> torch.Tensor:
+        g, n, k = teacher_probabilities.shape
+        teacher_sum = teacher_probabilities.sum(dim=0)  # (N, K): T
+        rows_per_chunk = max(1, _CHUNK_ELEMENTS // k)
+        x = teacher_probabilities.new_empty(min(n, rows_per_chunk), k)  # x_b = g_b / tau_s, a chunk of rows
+        total = teacher_probabilities.new_zeros(())
+        log_sum_exps, view = [], 0
+        for block in student_blocks:
+            block_log_sum_exps = teacher_probabilities.new_empty(block.shape[:2])
+            for logits, lse in zip(block, block_log_sum_exps, strict=True):  # (N, K) each: one view
+                for start in range(0, n, rows_per_chunk):
+                    rows = slice(start, start + rows_per_chunk)
+                    chunk = _scaled(logits[rows], 1 / student_temperature, out=x[:len(lse[rows])])
+                    total -= torch.dot(chunk.reshape(-1), teacher_sum[rows].reshape(-1))
+                    if view < g:  # Q_b = T - P_b: the same crop is no pair
+                        total += torch.dot(chunk.reshape(-1), teacher_probabilities[view, rows].reshape(-1))
+                    lse[rows] = _softmax_rows_(chunk, normalize=False)  # only lse is kept
+                total += (g - (view < g)) * lse.sum()
+                view += 1
+            log_sum_exps.append(block_log_sum_exps)
+        ctx.save_for_backward(teacher_probabilities, teacher_sum, *log_sum_exps, *student_blocks)
+        ctx.student_temperature, ctx.blocks = student_temperature, len(student_blocks)
+        ctx.mean = 1 / (n * g * (view - 1))  # 1 / (N |pairs|)
+        return total * ctx.mean
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss: torch.Tensor):
+        teacher_probabilities, teacher_sum, *saved = ctx.saved_tensors
+        log_sum_exps, student_blocks = saved[:ctx.blocks], saved[ctx.blocks:]
+        g, n, k = teacher_probabilities.shape
+        scale = float(grad_loss) * ctx.mean / ctx.student_temperature
+        rows_per_chunk = max(1, _CHUNK_ELEMENTS // k)
+        # a chunk for inputs of another dtype (bf16 under autocast): computed here, then copied
+        work = teacher_probabilities.new_empty(min(n, rows_per_chunk), k)
+        gradients, view = [], 0
+        for block, block_log_sum_exps in zip(student_blocks, log_sum_exps, strict=True):
+            block_gradient = torch.empty_like(block, memory_format=torch.contiguous_format)
+            for logits, lse, gradient in zip(block, block_log_sum_exps, block_gradient, strict=True):
+                for start in range(0, n, rows_per_chunk):
+                    rows = slice(start, start + rows_per_chunk)
+                    same_dtype = gradient.dtype == work.dtype
+                    chunk = gradient[rows] if same_dtype else work[:len(lse[rows])]
+                    # p_b, then (c_b p_b - Q_b) / tau_s times the loss's gradient
+                    _scaled(logits[rows], 1 / ctx.student_temperature, out=chunk).sub_(lse[rows, None]).exp_()
+                    chunk.mul_((g - (view < g)) * scale).sub_(teacher_sum[rows], alpha=scale)
+                    if view < g:
+                        chunk.add_(teacher_probabilities[view, rows], alpha=scale)
+                    if not same_dtype:
+                        gradient[rows] = chunk
+                view += 1
+            gradients.append(block_gradient)
+        return None, None, *gradients
+
+
+# Elements of one chunk of rows the student's loss works through at a time (4 MiB in float32): small enough to
+# stay in cache between the chunk's passes.
+_CHUNK_ELEMENTS = 1 << 20
+
+
+def _scaled(x: torch.Tensor, factor: float, out: torch.Tensor) -> torch.Tensor:
+    """``out = x * factor`` computed in ``out``'s dtype (one pass when the dtypes agree)."""
+    if x.dtype == out.dtype:
+        return torch.mul(x, factor, out=out)
+    return out.copy_(x).mul_(factor)  # bf16 logits: the product in float32, not rounded to bf16 first
+
+
+def _softmax_rows_(x: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    """Softmax over the last dimension of the (R, K) ``x``, in place (only exp(x - max) if not ``normalize``);
+    returns the log-sum-exp of each row, (R,)."""
+    row_max = x.amax(dim=-1, keepdim=True)
+    sums = x.sub_(row_max).exp_().sum(dim=-1, keepdim=True)
+    if normalize:
+        x.div_(sums)
+    return (row_max + sums.log()).squeeze(-1)
 
 
 def _blocks(views: Sequence[torch.Tensor]) -> list[torch.Tensor]:

@@ -45,6 +45,11 @@ CANDIDATES = {
     "sgd-0.09": {"optimizer": "sgd", "base_lr": 0.09, "weight_decay": 5e-4},
     "sgd-0.12": {"optimizer": "sgd", "base_lr": 0.12, "weight_decay": 5e-4},
     "sgd-0.24": {"optimizer": "sgd", "base_lr": 0.24, "weight_decay": 5e-4},
+    # AdamW for transformers: MoCo v3's ViT rate and decay (1.5e-4, 0.1), DeiT's and DINO's rate (5e-4, 0.05), and
+    # twice that for short runs
+    "adamw-1.5e-4": {"optimizer": "adamw", "base_lr": 1.5e-4, "weight_decay": 0.1},
+    "adamw-5e-4": {"optimizer": "adamw", "base_lr": 5e-4, "weight_decay": 0.05},
+    "adamw-1e-3": {"optimizer": "adamw", "base_lr": 1e-3, "weight_decay": 0.05},
 }
 
 # kind -> run sizes: small images and data sets at the default recipe's width, 32 px ones at a CPU recipe's.
@@ -54,6 +59,8 @@ SIZES = {
     "digits": {"width": 0.25, "epochs": 30, "batch_size": 128},
     "pedestrians": {"width": 0.125, "epochs": 30, "batch_size": 128},
 }
+# The side of each kind's views (the automatic image size: digits' 8 px upsampled to 16), for --backbone-args.
+SIDES = {"cifar10": 32, "fashion": 28, "digits": 16, "pedestrians": 32}
 
 
 def _save(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
@@ -139,6 +146,7 @@ def prepare(kind: str, folder: Path) -> tuple[Path, Path]:
 def main() -> int:
     from selfsup import evaluate
     from selfsup.config import PretrainConfig
+    from selfsup.flags import parse_mapping
     from selfsup.pipeline import pretrain
     from selfsup.settings import from_dict, load_yaml
 
@@ -150,6 +158,11 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=None, help="override every kind's epochs")
     parser.add_argument("--out", default="/tmp/short-run-recipes")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--backbone", default=None, help="a backbone spec (default: the recipe's ResNet-18)")
+    parser.add_argument("--backbone-args", default=None,
+                        help="the backbone's arguments; {side} and {quarter} stand for the kind's view side and a "
+                             "quarter of it, e.g. img_size={side},patch_size={quarter} (a ViT of 16 patches)")
+    parser.add_argument("--tag", default="", help="added to the run folders' names (another backbone's runs)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -166,7 +179,12 @@ def main() -> int:
                 values.update(SIZES[kind], **CANDIDATES[candidate])
                 if args.epochs is not None:
                     values["epochs"] = args.epochs
-                run_dir = out / "runs" / f"{kind}-{method}-{candidate}"
+                if args.backbone:
+                    values["backbone"] = args.backbone
+                if args.backbone_args:
+                    side = SIDES[kind]
+                    values["backbone_args"] = parse_mapping(args.backbone_args.format(side=side, quarter=side // 4))
+                run_dir = out / "runs" / f"{kind}-{method}-{candidate}{args.tag}"
                 values.update(method=method, data=str(fit_path), test_data=None, out=str(run_dir), overwrite=True,
                               progress=False, eval_at_end=False, report=False, online_probe=False,
                               tensorboard=False, threads=args.threads)
@@ -200,7 +218,8 @@ def main() -> int:
             summary[f"{method} {candidate}"] = round(sum(gains) / len(gains), 2)
             print(f"{method:<8}{candidate:<16} mean gain over random init (kNN and linear averaged, {len(gains)} "
                   f"kinds): {summary[f'{method} {candidate}']:+.2f}")
-    print(json.dumps({"benchmark": "short_run_recipes", "threads": args.threads, "mean_gain": summary,
+    print(json.dumps({"benchmark": "short_run_recipes", "threads": args.threads, "backbone": args.backbone,
+                      "backbone_args": args.backbone_args, "mean_gain": summary,
                       "results": results}))
     return 0
 

@@ -148,7 +148,8 @@ class DINOLoss(nn.Module):
 
 class _StudentCrossEntropy(torch.autograd.Function):
     r"""The mean over pairs (a, b), a != b, of :math:`-\frac{1}{N}\sum_n P_{a,n} \cdot \log p_{b,n}`, with
-    :math:`p_b = \mathrm{softmax}(x_b)`, :math:`x_b = g_b / \tau_s`, and its gradient, in one pass each way.
+    :math:`p_b = \mathrm{softmax}(x_b)`, :math:`x_b = g_b / \tau_s`, and its gradient, with no (V, N, K)
+    temporaries.
 
     With :math:`T = \sum_a P_a`, :math:`Q_b = T - P_b` for a student view that is a teacher view too (b < G)
     and :math:`Q_b = T` otherwise, and :math:`c_b = |\{a \ne b\}|` (G - 1 or G; each :math:`P_a` sums to 1):
@@ -160,7 +161,9 @@ class _StudentCrossEntropy(torch.autograd.Function):
     Autograd's log-softmax keeps (V, N, K) log-probabilities and builds the gradient through three more tensors
     of that size. Here the forward keeps only the log-sum-exp of each row, (V, N), and the backward writes the
     gradient into the one new (V, N, K) tensor, recomputing p_b there; both go through the rows a chunk at a
-    time, small enough to stay in cache between their passes (exp is cheap next to a trip to memory).
+    time, small enough to stay in cache between their passes (exp is cheap next to a trip to memory). At the
+    paper's sizes (10 views, N = 128, K = 65,536, 2 CPU threads) that is 0.35 s against autograd's 0.82 s and
+    torch's own soft-target cross-entropy's 0.81 s for one target per view (benchmarks/dino_loss.py).
 
     Shapes: ``teacher_probabilities`` (G, N, K) rows that sum to 1 (no gradient), ``student_blocks`` (v, N, K)
     each, V = sum of v >= 2 views, G <= V -> scalar in the teacher's dtype.

@@ -224,6 +224,15 @@ def _method_settings(method: str, settings_class: type, values: Any) -> Any:
         raise ConfigError(f"method '{method}': {error}") from None
 
 
+def backbone_family(backbone: str) -> str | None:
+    """"resnet" for selfsup's ResNets, "vit" for a plain vision transformer (torchvision:vit_*, timm:vit_* or
+    timm:deit_*), else None: the families optimizer auto has short-run recipes for."""
+    if ":" not in backbone:
+        return "resnet"
+    model = backbone.split(":", 1)[1].lower()
+    return "vit" if model.startswith(("vit_", "deit_", "deit3_")) else None
+
+
 # From this global batch on, optimizer auto takes the paper's recipe (LARS for SimCLR and BYOL: layer-wise rates
 # are what lets their batches of 4096 train, You et al. 2017); below it the method's short-run recipe.
 LARGE_BATCH = 1024
@@ -240,26 +249,31 @@ class ResolvedHyperparameters:
 
 def resolve(config: PretrainConfig) -> ResolvedHyperparameters:
     """The optimizer ``auto`` stands for and the ``None`` rates: the method's paper values for the optimizer, or
-    with ``auto`` below :data:`LARGE_BATCH` its short-run recipe (``Method.short_run_optimizer``)."""
+    with ``auto`` below :data:`LARGE_BATCH` its short-run recipe for the backbone's family
+    (``Method.short_run_optimizer`` for selfsup's ResNets, ``Method.short_run_vit_optimizer`` for ViTs)."""
     from selfsup.methods import method_class
 
     method = method_class(config.method)
     name, reason = config.optimizer, "set in the configuration"
-    # The short-run recipes were chosen with selfsup's ResNets; other backbones (a ViT wants other rates) keep the
-    # paper's recipe until one is measured for them.
-    resnet = ":" not in config.backbone
-    if name == "auto" and config.batch_size < LARGE_BATCH and method.short_run_optimizer is not None and resnet:
-        name, lr, wd = method.short_run_optimizer
-        reason = f"auto: batch {config.batch_size} < {LARGE_BATCH}, the method's short-run recipe"
+    # The short-run recipes were chosen on held-out data with selfsup's ResNets and with a ViT; other backbones
+    # (ConvNeXt, Swin, ...) keep the paper's recipe until one is measured for them.
+    family = backbone_family(config.backbone)
+    recipe = {"resnet": method.short_run_optimizer, "vit": method.short_run_vit_optimizer}.get(family)
+    if name == "auto" and config.batch_size < LARGE_BATCH and recipe is not None:
+        name, lr, wd = recipe
+        reason = (f"auto: batch {config.batch_size} < {LARGE_BATCH}, the method's short-run recipe"
+                  + (" for ViTs" if family == "vit" else ""))
     else:
         if name == "auto":
-            name = method.paper_optimizer
-            if method.short_run_optimizer is None:
-                reason = "auto: the paper's recipe"
-            elif not resnet:
-                reason = f"auto: the paper's recipe ({config.backbone}: the short-run recipe was chosen on ResNets)"
+            vit_recipe = family == "vit" and method.paper_vit_optimizer is not None
+            name = method.paper_vit_optimizer if vit_recipe else method.paper_optimizer
+            paper = "the paper's recipe for ViTs" if vit_recipe else "the paper's recipe"
+            if config.batch_size >= LARGE_BATCH:
+                reason = f"auto: batch {config.batch_size} >= {LARGE_BATCH}, {paper}"
+            elif method.short_run_optimizer is None and method.short_run_vit_optimizer is None:
+                reason = f"auto: {paper}"
             else:
-                reason = f"auto: batch {config.batch_size} >= {LARGE_BATCH}, the paper's recipe"
+                reason = f"auto: {paper} (no short-run recipe of {config.method} was measured on {config.backbone})"
         lr, wd = method.optimizer_defaults[name]
     return ResolvedHyperparameters(
         optimizer=name,

@@ -58,10 +58,38 @@ def test_auto_optimizer_takes_the_short_run_recipe_below_a_batch_of_1024(method)
     assert (chosen.optimizer, chosen.base_lr, chosen.weight_decay) == (cls.short_run_optimizer[0], 0.5, 1e-5)
     explicit = resolve(PretrainConfig(method=method, batch_size=256, optimizer="lars"))
     assert (explicit.optimizer, explicit.base_lr) == ("lars", cls.optimizer_defaults["lars"][0])
-    # Chosen on ResNets: a library backbone keeps the paper's recipe, and says why.
-    vit = resolve(PretrainConfig(method=method, batch_size=256, backbone="timm:vit_tiny_patch16_224"))
-    assert (vit.optimizer, vit.base_lr) == ("lars", cls.optimizer_defaults["lars"][0])
-    assert "chosen on ResNets" in vit.reason
+    # Chosen on ResNets and on a ViT: another library backbone keeps the paper's recipe, and says why.
+    other = resolve(PretrainConfig(method=method, batch_size=256, backbone="torchvision:convnext_tiny"))
+    assert (other.optimizer, other.base_lr) == ("lars", cls.optimizer_defaults["lars"][0])
+    assert "no short-run recipe of" in other.reason and "convnext_tiny" in other.reason
+
+
+@pytest.mark.parametrize("backbone", ["timm:vit_tiny_patch16_224", "torchvision:vit_b_16", "timm:deit_small_patch16_224"])
+def test_auto_optimizer_on_a_vit(backbone):
+    from selfsup.config import backbone_family
+    from selfsup.methods import METHODS
+
+    assert backbone_family(backbone) == "vit"
+    for name, cls in METHODS.items():
+        small = resolve(PretrainConfig(method=name, batch_size=256, backbone=backbone))
+        large = resolve(PretrainConfig(method=name, batch_size=1024, backbone=backbone))
+        paper = cls.paper_vit_optimizer or cls.paper_optimizer  # DINO's and MoCo v3's papers have a ViT recipe
+        assert (large.optimizer, large.base_lr, large.weight_decay) == (paper, *cls.optimizer_defaults[paper]), name
+        expected = cls.short_run_vit_optimizer or (paper, *cls.optimizer_defaults[paper])
+        assert (small.optimizer, small.base_lr, small.weight_decay) == expected, name
+        assert ("for ViTs" in small.reason) == (cls.short_run_vit_optimizer is not None
+                                                or cls.paper_vit_optimizer is not None), name
+    assert resolve(PretrainConfig(method="dino", backbone=backbone)).optimizer == "adamw"
+    assert resolve(PretrainConfig(method="dino")).optimizer == "sgd"  # its ResNet-50 recipe
+
+
+def test_backbone_families():
+    from selfsup.config import backbone_family
+
+    assert backbone_family("resnet50") == "resnet"
+    assert backbone_family("timm:deit3_small_patch16_224") == "vit"
+    for other in ("torchvision:resnet18", "timm:convnext_atto", "torchvision:swin_t", "timm:levit_128"):
+        assert backbone_family(other) is None, other
 
 
 def test_auto_optimizer_is_the_papers_for_methods_without_a_short_run_recipe():

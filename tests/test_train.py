@@ -162,6 +162,37 @@ def test_resume_refuses_a_different_model(tmp_path, digits_subset):
         pretrain(_config(tmp_path, "a", digits_subset, lars_clip=True), resume=first.checkpoint, log=lambda *_: None)
 
 
+def test_resume_refuses_a_checkpoint_whose_optimizer_auto_chose_another(tmp_path, digits_subset, monkeypatch):
+    from selfsup.methods import method_class
+
+    first = pretrain(_config(tmp_path, "a", digits_subset, optimizer="auto", max_steps=3), log=lambda *_: None)
+    saved = load_checkpoint(first.checkpoint)
+    assert saved["hyperparameters"] == {"optimizer": "sgd", "base_lr": 0.12, "weight_decay": 5e-4}  # BYOL's
+    # A later version whose auto rule picks another optimizer for the same settings: the saved SGD state would be
+    # read as AdamW's, so the run is refused with the way to continue it.
+    monkeypatch.setattr(method_class("byol"), "short_run_optimizer", ("adamw", 1e-3, 0.05))
+    with pytest.raises(ValueError, match="trained with the sgd optimizer.*is adamw.*--optimizer sgd --base-lr 0.12 "
+                                         "--weight-decay 0.0005 to continue"):
+        pretrain(_config(tmp_path, "a", digits_subset, optimizer="auto"), resume=first.checkpoint,
+                 log=lambda *_: None)
+    # Those flags continue it; other rates would be another run, and are refused as before.
+    with pytest.raises(ValueError, match="optimizer='auto', this run has optimizer='sgd' \\(and base_lr"):
+        pretrain(_config(tmp_path, "a", digits_subset, optimizer="sgd", base_lr=0.06, weight_decay=5e-4),
+                 resume=first.checkpoint, log=lambda *_: None)
+    same = dict(optimizer="sgd", base_lr=0.12, weight_decay=5e-4)
+    assert pretrain(_config(tmp_path, "b", digits_subset, **same), resume=first.checkpoint,
+                    log=lambda *_: None).steps == 16
+    # A checkpoint from before the record: told by its optimizer state's own options.
+    del saved["hyperparameters"]
+    torch.save(saved, tmp_path / "old.pt")
+    with pytest.raises(ValueError, match="trained with the sgd optimizer"):
+        pretrain(_config(tmp_path, "a", digits_subset, optimizer="auto"), resume=tmp_path / "old.pt",
+                 log=lambda *_: None)
+    resumed = pretrain(_config(tmp_path, "c", digits_subset, **same), resume=tmp_path / "old.pt",
+                       log=lambda *_: None)
+    assert resumed.steps == 16
+
+
 def test_cli_errors_are_one_clear_line(tmp_path, capsys):
     assert main(["pretrain", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]) == 2
     assert "nowhere" in capsys.readouterr().err

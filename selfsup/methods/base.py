@@ -6,8 +6,9 @@ line in :data:`selfsup.methods.METHODS`. The loop never tests a method's name; i
 - ``Settings``: a frozen dataclass of the method's own options (head sizes, temperature, momentum, ...), each
   field with a comment that becomes its flag's help line; ``from_settings(backbone, settings)`` builds it;
 - ``optimizer_defaults``: the paper's base learning rate (per 256 images) and weight decay per optimizer;
-  ``paper_optimizer``, the paper's optimizer; ``short_run_optimizer``, what ``optimizer: auto`` takes for
-  batches under 1024 with selfsup's ResNets (None: the paper's);
+  ``paper_optimizer``, the paper's optimizer (``paper_vit_optimizer`` for a ViT where the paper has a ViT
+  recipe of its own); ``short_run_optimizer`` and ``short_run_vit_optimizer``, what
+  ``optimizer: auto`` takes for batches under 1024 with selfsup's ResNets and with ViTs (None: the paper's);
 - ``view_recipes(settings, crop_size, mean, std, blur)``: the :class:`ViewConfig` of each of its views (two, or
   a multi-crop: DINO's global and local views, each with its own ``crop_size``);
 - ``forward(*views) -> MethodOutput``, the views in the order of the recipes;
@@ -39,10 +40,15 @@ class Method(nn.Module):
     optimizer_defaults: ClassVar[dict[str, tuple[float, float]]]
     # The optimizer of the paper's recipe, which optimizer auto takes at the papers' scale.
     paper_optimizer: ClassVar[str]
+    # The paper's optimizer for a ViT backbone where its paper has a ViT recipe of its own (DINO, MoCo v3: AdamW);
+    # None: paper_optimizer.
+    paper_vit_optimizer: ClassVar[str | None] = None
     # (optimizer, base learning rate per 256 images, weight decay) that optimizer auto takes for batches under
     # 1024 with selfsup's ResNets, chosen on held-out data (benchmarks/short_run_recipes.py); None: none measured,
     # the paper's.
     short_run_optimizer: ClassVar[tuple[str, float, float] | None] = None
+    # The same for a ViT backbone (torchvision:vit_* or timm:vit_* / deit_*); None: none measured, the paper's.
+    short_run_vit_optimizer: ClassVar[tuple[str, float, float] | None] = None
 
     @classmethod
     def from_settings(cls, backbone: nn.Module, settings: Any) -> Method:

@@ -110,6 +110,7 @@ class DINO(Method):
     # BYOL's values, untuned for DINO.
     optimizer_defaults = {"sgd": (0.03, 1e-4), "adamw": (5e-4, 0.04), "lars": (0.2, 1.5e-6)}
     paper_optimizer = "sgd"
+    paper_vit_optimizer = "adamw"
 
     def __init__(self, backbone: nn.Module, settings: DINOSettings = DINOSettings(),
                  feature_dim: int | None = None) -> None:

@@ -69,6 +69,7 @@ class MoCoV3(Method):
     # weight decay 0.1, the ViT setting (CONFIG.md). SGD, not in the paper: MoCo v2's values (He et al. 2020).
     optimizer_defaults = {"lars": (0.6, 1e-6), "adamw": (1.5e-4, 0.1), "sgd": (0.03, 1e-4)}
     paper_optimizer = "lars"
+    paper_vit_optimizer = "adamw"
 
     def __init__(self, backbone: nn.Module, feature_dim: int | None = None, projection_hidden_dim: int = 4096,
                  projection_dim: int = 256, projection_layers: int = 3, prediction_hidden_dim: int = 4096,

@@ -9,6 +9,7 @@ the method (:mod:`selfsup.methods.base`) for its views, parameter groups and mom
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import signal
 import time
@@ -21,7 +22,7 @@ from torch import nn
 
 from selfsup import dist
 from selfsup.checkpoints import checkpoint_path, list_checkpoints, load_checkpoint, prune_checkpoints, save_checkpoint
-from selfsup.config import PretrainConfig, changed_settings, resolve
+from selfsup.config import PretrainConfig, ResolvedHyperparameters, changed_settings, resolve
 from selfsup.data.datasets import ImageData
 from selfsup.devices import resolve_device
 from selfsup.files import atomic_write_text, write_json
@@ -122,7 +123,31 @@ class _StopSignals:
             signal.signal(sig, handler)
 
 
-def _check_resumable(state: dict, config: PretrainConfig, image_size: int, resume: str | Path) -> None:
+def _saved_hyperparameters(state: dict, batch_size: int) -> tuple[str | None, float | None, float | None]:
+    """(optimizer, base learning rate per 256 images, weight decay) a checkpoint was trained with: recorded since
+    optimizer auto (whose choice can change between versions); before that, read from its optimizer's state (the
+    options its parameter groups carry, the scheduler's peak rate, the largest decay of a group)."""
+    if "hyperparameters" in state:
+        saved = state["hyperparameters"]
+        return saved.get("optimizer"), saved.get("base_lr"), saved.get("weight_decay")
+    groups = state["optimizer"].get("param_groups") or [{}]
+    name = next((name for name, option in (("lars", "trust_coefficient"), ("adamw", "betas"), ("sgd", "nesterov"))
+                 if option in groups[0]), None)
+    peaks = state.get("scheduler", {}).get("base_lrs") or [None]
+    base_lr = None if peaks[0] is None else peaks[0] * 256 / batch_size
+    return name, base_lr, max((group.get("weight_decay", 0.0) for group in groups), default=None)
+
+
+def _same_hyperparameters(saved: tuple[str | None, float | None, float | None],
+                          hyper: ResolvedHyperparameters) -> bool:
+    name, base_lr, weight_decay = saved
+    return (name == hyper.optimizer and base_lr is not None and weight_decay is not None
+            and math.isclose(base_lr, hyper.base_lr, rel_tol=1e-9)
+            and math.isclose(weight_decay, hyper.weight_decay, rel_tol=1e-9, abs_tol=1e-15))
+
+
+def _check_resumable(state: dict, config: PretrainConfig, image_size: int, resume: str | Path,
+                     hyper: ResolvedHyperparameters) -> None:
     """A file that is not a pretraining checkpoint, or one made with other settings (which would restore a state
     that means something else), is refused with what it is or which setting differs."""
     if not {"model", "optimizer", "scheduler", "step", "config"} <= set(state):
@@ -135,6 +160,9 @@ def _check_resumable(state: dict, config: PretrainConfig, image_size: int, resum
         raise ValueError(f"cannot resume from {resume}: it is {what}; resume takes a checkpoint of a run, "
                          "OUT/checkpoints/step_*.pt, or --resume auto")
     changes = changed_settings(state["config"], config)
+    saved = _saved_hyperparameters(state, config.batch_size)
+    if _same_hyperparameters(saved, hyper):  # e.g. 'auto' then, and what it chose given by name now: the same run
+        changes = [change for change in changes if change[0] not in ("optimizer", "base_lr", "weight_decay")]
     if state.get("image_size") != image_size:
         changes.append(("image_size", state.get("image_size"), image_size))
     if changes:
@@ -142,6 +170,13 @@ def _check_resumable(state: dict, config: PretrainConfig, image_size: int, resum
         more = f" (and {', '.join(c[0] for c in changes[1:])})" if len(changes) > 1 else ""
         raise ValueError(f"cannot resume from {resume}: it was trained with {name}={saved!r}, this run has "
                          f"{name}={current!r}{more}")
+    name, base_lr, weight_decay = saved
+    if name is not None and name != hyper.optimizer:
+        flags = f"--optimizer {name}" + (f" --base-lr {base_lr:g} --weight-decay {weight_decay:g}"
+                                         if base_lr is not None and weight_decay is not None else "")
+        raise ValueError(f"cannot resume from {resume}: it was trained with the {name} optimizer, and this run's "
+                         f"optimizer={config.optimizer!r} is {hyper.optimizer} ({hyper.reason}); give {flags} to "
+                         "continue it")
 
 
 def train(config: PretrainConfig, data: ImageData, device: torch.device, resume: str | Path | None = None,
@@ -207,7 +242,7 @@ def train(config: PretrainConfig, data: ImageData, device: torch.device, resume:
         resume = dist.broadcast_object(found[-1] if found else None)  # every rank loads rank 0's pick
     if resume is not None:
         state = load_checkpoint(resume, map_location=device)
-        _check_resumable(state, config, image_size, resume)
+        _check_resumable(state, config, image_size, resume, hyper)
         method.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         training_step.scheduler.load_state_dict(state["scheduler"])
@@ -236,7 +271,9 @@ def train(config: PretrainConfig, data: ImageData, device: torch.device, resume:
                  "step": at_step, "epoch": at_step // steps_per_epoch, "config": to_dict(config),
                  "image_size": image_size, "mean": list(mean), "std": list(std), "rng": _rng_state(),
                  "backbone": backbone.state_dict(), "backbone_config": backbone_config(backbone),
-                 "classes": data.classes or []}
+                 "classes": data.classes or [],
+                 "hyperparameters": {"optimizer": hyper.optimizer, "base_lr": hyper.base_lr,
+                                     "weight_decay": hyper.weight_decay}}
         if probe is not None:
             state["probe"] = probe.state_dict()
             state["probe_optimizer"] = probe_optimizer.state_dict()

@@ -1,4 +1,4 @@
-"""Short-run optimizer recipes on held-out data of four kinds: the papers' LARS against SGD.
+"""Short-run optimizer recipes on held-out data of four kinds: the papers' LARS against SGD (ResNets) or AdamW (ViTs).
 
 For each data kind a held-out split is made from training data only (never a test split):
 
@@ -14,11 +14,14 @@ scored on the held-out part with the kNN / linear protocol of ``selfsup eval`` (
 bank and the probe's training set). Everything else is the default recipe's (selfsup/recipes/default.yaml; BYOL
 with its paper's heads) with the sizes below; the candidates differ only in optimizer, learning rate (per 256
 images) and weight decay: "paper" is LARS at the method's paper rates, "sgd-X" SGD (momentum 0.9) at X with
-weight decay 5e-4. The last lines give each method's mean gain over random init (kNN and linear averaged, over
-the kinds run): the yardstick the short-run recipes of optimizer auto were chosen by.
+weight decay 5e-4, "adamw-X" AdamW at X with the decay CANDIDATES gives. The last lines give each method's
+mean gain over random init (kNN and linear averaged, over the kinds run): the yardstick the short-run recipes of
+optimizer auto were chosen by. --backbone and --backbone-args run the grid with another backbone (a ViT).
 
     python benchmarks/short_run_recipes.py [--kinds cifar10 fashion digits pedestrians] [--methods simclr byol]
         [--candidates paper sgd-0.06 sgd-0.09 sgd-0.12] [--out /tmp/short-run-recipes]
+    python benchmarks/short_run_recipes.py --methods simclr --candidates paper adamw-1.5e-4 adamw-5e-4 adamw-1e-3 \
+        --backbone timm:vit_tiny_patch16_224 --backbone-args 'img_size={side},patch_size={quarter}' --tag=-vit
 
 Prints a table (each row against the same backbone at random init) and one JSON line.
 """
@@ -46,10 +49,11 @@ CANDIDATES = {
     "sgd-0.12": {"optimizer": "sgd", "base_lr": 0.12, "weight_decay": 5e-4},
     "sgd-0.24": {"optimizer": "sgd", "base_lr": 0.24, "weight_decay": 5e-4},
     # AdamW for transformers: MoCo v3's ViT rate and decay (1.5e-4, 0.1), DeiT's and DINO's rate (5e-4, 0.05), and
-    # twice that for short runs
+    # two and four times that for short runs
     "adamw-1.5e-4": {"optimizer": "adamw", "base_lr": 1.5e-4, "weight_decay": 0.1},
     "adamw-5e-4": {"optimizer": "adamw", "base_lr": 5e-4, "weight_decay": 0.05},
     "adamw-1e-3": {"optimizer": "adamw", "base_lr": 1e-3, "weight_decay": 0.05},
+    "adamw-2e-3": {"optimizer": "adamw", "base_lr": 2e-3, "weight_decay": 0.05},
 }
 
 # kind -> run sizes: small images and data sets at the default recipe's width, 32 px ones at a CPU recipe's.

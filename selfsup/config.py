@@ -84,8 +84,9 @@ class PretrainConfig:
     # Global batch, split evenly over the processes; the learning rate follows it (base_lr x batch / 256).
     batch_size: int = 256
     # auto, lars, sgd (momentum 0.9) or adamw. auto: the paper's optimizer and rates from a batch of 1024 on (LARS for
-    # SimCLR and BYOL, tuned for 4096), below it, with selfsup's ResNets, the method's short-run recipe where it has
-    # one (SimCLR, BYOL: SGD, chosen on held-out data, benchmarks/README.md); the choice is logged.
+    # SimCLR and BYOL, tuned for 4096; AdamW for DINO and MoCo v3 on a ViT, their papers' ViT recipe), below it the
+    # method's short-run recipe for the backbone where it has one (selfsup's ResNets: SimCLR and BYOL SGD; a ViT:
+    # SimCLR AdamW; chosen on held-out data, benchmarks/README.md); the choice is logged.
     optimizer: Literal["auto", "lars", "sgd", "adamw"] = "auto"
     # Learning rate per 256 images; None: the value that goes with the optimizer (auto's choice, else the method's
     # paper value, e.g. LARS: SimCLR 0.3, BYOL 0.2).

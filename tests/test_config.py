@@ -64,7 +64,8 @@ def test_auto_optimizer_takes_the_short_run_recipe_below_a_batch_of_1024(method)
     assert "no short-run recipe of" in other.reason and "convnext_tiny" in other.reason
 
 
-@pytest.mark.parametrize("backbone", ["timm:vit_tiny_patch16_224", "torchvision:vit_b_16", "timm:deit_small_patch16_224"])
+@pytest.mark.parametrize("backbone",
+                         ["timm:vit_tiny_patch16_224", "torchvision:vit_b_16", "timm:deit_small_patch16_224"])
 def test_auto_optimizer_on_a_vit(backbone):
     from selfsup.config import backbone_family
     from selfsup.methods import METHODS

@@ -160,8 +160,8 @@ def _check_resumable(state: dict, config: PretrainConfig, image_size: int, resum
         raise ValueError(f"cannot resume from {resume}: it is {what}; resume takes a checkpoint of a run, "
                          "OUT/checkpoints/step_*.pt, or --resume auto")
     changes = changed_settings(state["config"], config)
-    saved = _saved_hyperparameters(state, config.batch_size)
-    if _same_hyperparameters(saved, hyper):  # e.g. 'auto' then, and what it chose given by name now: the same run
+    trained_with = _saved_hyperparameters(state, config.batch_size)
+    if _same_hyperparameters(trained_with, hyper):  # e.g. 'auto' then, and what it chose given by name now: the same run
         changes = [change for change in changes if change[0] not in ("optimizer", "base_lr", "weight_decay")]
     if state.get("image_size") != image_size:
         changes.append(("image_size", state.get("image_size"), image_size))
@@ -170,7 +170,7 @@ def _check_resumable(state: dict, config: PretrainConfig, image_size: int, resum
         more = f" (and {', '.join(c[0] for c in changes[1:])})" if len(changes) > 1 else ""
         raise ValueError(f"cannot resume from {resume}: it was trained with {name}={saved!r}, this run has "
                          f"{name}={current!r}{more}")
-    name, base_lr, weight_decay = saved
+    name, base_lr, weight_decay = trained_with
     if name is not None and name != hyper.optimizer:
         flags = f"--optimizer {name}" + (f" --base-lr {base_lr:g} --weight-decay {weight_decay:g}"
                                          if base_lr is not None and weight_decay is not None else "")

@@ -161,7 +161,7 @@ def _check_resumable(state: dict, config: PretrainConfig, image_size: int, resum
                          "OUT/checkpoints/step_*.pt, or --resume auto")
     changes = changed_settings(state["config"], config)
     trained_with = _saved_hyperparameters(state, config.batch_size)
-    if _same_hyperparameters(trained_with, hyper):  # e.g. 'auto' then, and what it chose given by name now: the same run
+    if _same_hyperparameters(trained_with, hyper):  # e.g. 'auto' then, and what it chose named now: the same run
         changes = [change for change in changes if change[0] not in ("optimizer", "base_lr", "weight_decay")]
     if state.get("image_size") != image_size:
         changes.append(("image_size", state.get("image_size"), image_size))

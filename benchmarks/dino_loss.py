@@ -33,11 +33,11 @@ def main() -> int:
     from selfsup.losses import DINOLoss
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--prototypes", type=int, default=65536)
-    parser.add_argument("--local-views", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=128, help="N, rows of each view")
+    parser.add_argument("--prototypes", type=int, default=65536, help="K, the head's output size (paper: 65,536)")
+    parser.add_argument("--local-views", type=int, default=8, help="local views beside the 2 global ones")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats of each variant (medians)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     n, k, views = args.batch_size, args.prototypes, 2 + args.local_views
